@@ -1,0 +1,136 @@
+// BFP block codec math, shared by the CPU kernels (csrc/bfp) and the CUDA kernels (cuda/bfp).
+// See fastpaper/bfp.h for the format. Everything here is branch-light scalar code on float32:
+// scaling by powers of two is exact, so the only roundings are the element rounding and the final
+// conversion to the output dtype, and host and device agree bit for bit.
+#pragma once
+
+#include <cstdint>
+
+#include "fastpaper/detail/host_device.h"
+
+namespace fastpaper::bfp::detail {
+
+using fastpaper::detail::add_rn;
+using fastpaper::detail::bits_float;
+using fastpaper::detail::clz32;
+using fastpaper::detail::float_bits;
+using fastpaper::detail::mul_rn;
+
+constexpr int kMinExponent = -127;  // exponent byte 0
+constexpr int kMaxExponent = 127;   // exponent byte 254
+constexpr uint8_t kNonFiniteByte = 255;
+
+// Runtime description of a format, derived once per call.
+struct Codec {
+  int block;        // B
+  int mbits;        // M
+  int field_bits;   // W: 4 or 8
+  int qmax;         // 2^(M-1) - 1
+  bool twos;        // two's complement elements (MXINT8)
+  bool floor_scale; // Scale::floor
+  bool stochastic;  // Rounding::stochastic
+  uint64_t seed;
+};
+
+FP_HD Codec make_codec(int block, int mbits, bool twos, bool floor_scale, bool stochastic,
+                       uint64_t seed) {
+  Codec c;
+  c.block = block;
+  c.mbits = mbits;
+  c.field_bits = mbits <= 4 ? 4 : 8;
+  c.qmax = (1 << (mbits - 1)) - 1;
+  c.twos = twos;
+  c.floor_scale = floor_scale;
+  c.stochastic = stochastic;
+  c.seed = seed;
+  return c;
+}
+
+// 2^k as a float, k in [-126, 127].
+FP_HD float pow2f(int k) { return bits_float(static_cast<uint32_t>(k + 127) << 23); }
+
+// x * 2^k for k in [-252, 254], exact unless the result leaves the float range (split in two
+// factors so each is a normal float).
+FP_HD float mul_pow2(float x, int k) {
+  const int k1 = k / 2;
+  return mul_rn(mul_rn(x, pow2f(k1)), pow2f(k - k1));
+}
+
+// floor(log2(a)) of a finite a > 0, subnormals included.
+FP_HD int floor_log2(float a) {
+  const uint32_t u = float_bits(a);
+  const int e = static_cast<int>(u >> 23);
+  if (e != 0) return e - 127;
+  return -149 + (31 - clz32(u & 0x7fffffu));
+}
+
+FP_HD bool is_nonfinite(float x) { return (float_bits(x) & 0x7f800000u) == 0x7f800000u; }
+
+// Round v >= 0, v < 2^22, to the nearest integer, ties to even (the 1.5 * 2^23 trick: exact in the
+// default rounding mode and vectorizable, unlike a call to rintf).
+FP_HD float round_half_even(float v) {
+  const float magic = 12582912.0f;
+  return add_rn(add_rn(v, magic), -magic);
+}
+
+// Block exponent E for a block whose largest magnitude is `amax` (finite, >= 0).
+FP_HD int choose_exponent(float amax, const Codec& c) {
+  if (!(amax > 0.0f)) return kMinExponent;
+  int e = floor_log2(amax);
+  if (!c.floor_scale && e < kMaxExponent) {
+    // amax * 2^(M-2-E) lies in [2^(M-2), 2^(M-1)); it clips when it would round past qmax.
+    const float s = mul_pow2(amax, (c.mbits - 2) - e);
+    const float q = static_cast<float>(c.qmax);
+    const bool clips = c.stochastic ? (s > q) : (s >= q + 0.5f);
+    if (clips) ++e;
+  }
+  return e < kMinExponent ? kMinExponent : (e > kMaxExponent ? kMaxExponent : e);
+}
+
+FP_HD uint8_t exponent_byte(int e) { return static_cast<uint8_t>(e + 127); }
+
+// Counter-based 24-bit uniform integer for stochastic rounding (splitmix64 finaliser).
+FP_HD uint32_t uniform24(uint64_t seed, uint64_t index) {
+  uint64_t z = index * 0x9E3779B97F4A7C15ull + seed * 0xD1B54A32D192ED03ull + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return static_cast<uint32_t>(z >> 40);
+}
+
+// Encode one finite element x of a block with exponent E as a W-bit field. `scale_k` is
+// (M - 2) - E; `index` is the element's logical index (row * cols + col) for stochastic rounding.
+FP_HD uint32_t encode_element(float x, int scale_k, const Codec& c, uint64_t index) {
+  const uint32_t sign = float_bits(x) >> 31;
+  float v = mul_pow2(x < 0.0f ? -x : x, scale_k);
+  const float cap = static_cast<float>(2 * c.qmax + 2);  // keeps v in the rounding trick's range
+  v = v < cap ? v : cap;
+  float r;
+  if (c.stochastic) {
+    const float fl = static_cast<float>(static_cast<int>(v));  // v >= 0: truncation is floor
+    const float frac_scaled = mul_rn(add_rn(v, -fl), 16777216.0f);  // exact: frac * 2^24
+    const float u = static_cast<float>(uniform24(c.seed, index));
+    r = u < frac_scaled ? add_rn(fl, 1.0f) : fl;
+  } else {
+    r = round_half_even(v);
+  }
+  uint32_t q = static_cast<uint32_t>(r);
+  q = q < static_cast<uint32_t>(c.qmax) ? q : static_cast<uint32_t>(c.qmax);
+  if (c.twos) return (sign ? (0u - q) : q) & 0xffu;
+  return (sign << (c.field_bits - 1)) | q;
+}
+
+// Decode one W-bit field with exponent byte `ebyte` to float32.
+FP_HD float decode_element(uint32_t field, uint8_t ebyte, const Codec& c) {
+  if (ebyte == kNonFiniteByte) return bits_float(0x7fc00000u);
+  const int k = static_cast<int>(ebyte) - 127 - (c.mbits - 2);
+  if (c.twos) {
+    const int q = static_cast<int>(static_cast<int8_t>(static_cast<uint8_t>(field)));
+    return mul_pow2(static_cast<float>(q), k);
+  }
+  const uint32_t top = static_cast<uint32_t>(c.field_bits - 1);
+  const float mag = mul_pow2(static_cast<float>(field & ((1u << top) - 1u)), k);
+  return (field >> top) & 1u ? -mag : mag;
+}
+
+}  // namespace fastpaper::bfp::detail
