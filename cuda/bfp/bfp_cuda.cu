@@ -125,9 +125,9 @@ __device__ __forceinline__ uint8_t encode_chunk(const float (&v)[kChunk], const 
     return kNonFiniteByte;
   }
   const int e = choose_exponent(amax, c);
-  const int k = (c.mbits - 2) - e;
+  const BlockScale s = encode_scale(e, c);
 #pragma unroll
-  for (int i = 0; i < kChunk; ++i) fields[i] = encode_element(v[i], k, c, static_cast<uint64_t>(first_index + i));
+  for (int i = 0; i < kChunk; ++i) fields[i] = encode_element(v[i], s, c, static_cast<uint64_t>(first_index + i));
   return exponent_byte(e);
 }
 

@@ -139,7 +139,8 @@ def unpack(packed: PackedBFP, dtype) -> torch.Tensor:
             raise ValueError(f"packed.{name} has shape {tuple(a.shape)}, expected {lead + (want,)} "
                              f"for shape {shape} in {fmt}")
     if m.device != e.device:
-        raise ValueError(f"packed.mantissas is on {m.device} but packed.exponents is on {e.device}")
+        raise ValueError("packed.mantissas and packed.exponents must be on the same device, got "
+                         f"{m.device} and {e.device}")
     if m.device.type not in ("cpu", "cuda"):
         raise ValueError(f"packed tensors must be on the CPU or a CUDA device, got {m.device}")
     out_dtype = packed.dtype if dtype is None else dtype

@@ -127,9 +127,9 @@ def _option(value: str, table: dict, name: str) -> int:
     return table[value]
 
 
-def _check_format(fmt: Any) -> Format:
+def _check_format(fmt: Any, name: str = "fmt") -> Format:
     if not isinstance(fmt, Format):
-        raise TypeError(f"fmt must be a fastpaper.bfp.Format (e.g. BFP12), got {type(fmt).__name__}")
+        raise TypeError(f"{name} must be a fastpaper.bfp.Format (e.g. BFP12), got {type(fmt).__name__}")
     return fmt
 
 
@@ -206,7 +206,7 @@ def unpack(packed: PackedBFP, dtype=None):
     """
     if not isinstance(packed, PackedBFP):
         raise TypeError(f"packed must be a PackedBFP, got {type(packed).__name__}")
-    fmt = _check_format(packed.format)
+    fmt = _check_format(packed.format, "packed.format")
     shape = tuple(packed.shape)
     if len(shape) == 0:
         raise ValueError("packed.shape must have at least one dimension")

@@ -98,39 +98,84 @@ FP_HD uint32_t uniform24(uint64_t seed, uint64_t index) {
   return static_cast<uint32_t>(z >> 40);
 }
 
-// Encode one finite element x of a block with exponent E as a W-bit field. `scale_k` is
-// (M - 2) - E; `index` is the element's logical index (row * cols + col) for stochastic rounding.
-FP_HD uint32_t encode_element(float x, int scale_k, const Codec& c, uint64_t index) {
-  const uint32_t sign = float_bits(x) >> 31;
-  float v = mul_pow2(x < 0.0f ? -x : x, scale_k);
-  const float cap = static_cast<float>(2 * c.qmax + 2);  // keeps v in the rounding trick's range
+// 2^k split into two normal floats (k in [-252, 254]): multiplying by both is exact unless the
+// result leaves the float range. Computed once per block.
+struct BlockScale {
+  float lo, hi;
+};
+
+FP_HD BlockScale pow2_split(int k) {
+  const int k1 = k / 2;
+  return BlockScale{pow2f(k1), pow2f(k - k1)};
+}
+
+FP_HD float apply(float x, BlockScale s) { return mul_rn(mul_rn(x, s.lo), s.hi); }
+
+// Scale of the elements of a block with exponent E when encoding: v = |x| * 2^((M-2) - E).
+FP_HD BlockScale encode_scale(int e, const Codec& c) { return pow2_split((c.mbits - 2) - e); }
+// Scale when decoding a block with exponent byte `ebyte` (not 255): value = q * 2^(E - (M-2)).
+FP_HD BlockScale decode_scale(uint8_t ebyte, const Codec& c) {
+  return pow2_split(static_cast<int>(ebyte) - 127 - (c.mbits - 2));
+}
+
+// Encode one finite element x of a block as a W-bit field; `s` is the block's encode_scale and
+// `index` the element's logical index (row * cols + col) for stochastic rounding. The template
+// flags let CPU loops compile without per-element branches; the CUDA kernels use the runtime
+// overload below (their branches are warp-uniform).
+template <bool Stochastic, bool Twos>
+FP_HD uint32_t encode_element(float x, BlockScale s, int qmax, int field_bits, uint64_t seed,
+                              uint64_t index) {
+  const uint32_t bits = float_bits(x);
+  const uint32_t sign = bits >> 31;
+  float v = apply(bits_float(bits & 0x7fffffffu), s);
+  const float cap = static_cast<float>(2 * qmax + 2);  // keeps v in the rounding trick's range
   v = v < cap ? v : cap;
   float r;
-  if (c.stochastic) {
+  if constexpr (Stochastic) {
     const float fl = static_cast<float>(static_cast<int>(v));  // v >= 0: truncation is floor
     const float frac_scaled = mul_rn(add_rn(v, -fl), 16777216.0f);  // exact: frac * 2^24
-    const float u = static_cast<float>(uniform24(c.seed, index));
+    const float u = static_cast<float>(uniform24(seed, index));
     r = u < frac_scaled ? add_rn(fl, 1.0f) : fl;
   } else {
     r = round_half_even(v);
   }
-  uint32_t q = static_cast<uint32_t>(r);
-  q = q < static_cast<uint32_t>(c.qmax) ? q : static_cast<uint32_t>(c.qmax);
-  if (c.twos) return (sign ? (0u - q) : q) & 0xffu;
-  return (sign << (c.field_bits - 1)) | q;
+  int32_t q = static_cast<int32_t>(r);
+  q = q < qmax ? q : qmax;
+  if constexpr (Twos) {
+    return static_cast<uint32_t>(sign ? -q : q) & 0xffu;
+  } else {
+    return (sign << (field_bits - 1)) | static_cast<uint32_t>(q);
+  }
 }
 
-// Decode one W-bit field with exponent byte `ebyte` to float32.
-FP_HD float decode_element(uint32_t field, uint8_t ebyte, const Codec& c) {
-  if (ebyte == kNonFiniteByte) return bits_float(0x7fc00000u);
-  const int k = static_cast<int>(ebyte) - 127 - (c.mbits - 2);
-  if (c.twos) {
-    const int q = static_cast<int>(static_cast<int8_t>(static_cast<uint8_t>(field)));
-    return mul_pow2(static_cast<float>(q), k);
+FP_HD uint32_t encode_element(float x, BlockScale s, const Codec& c, uint64_t index) {
+  if (c.stochastic) {
+    return c.twos ? encode_element<true, true>(x, s, c.qmax, c.field_bits, c.seed, index)
+                  : encode_element<true, false>(x, s, c.qmax, c.field_bits, c.seed, index);
   }
-  const uint32_t top = static_cast<uint32_t>(c.field_bits - 1);
-  const float mag = mul_pow2(static_cast<float>(field & ((1u << top) - 1u)), k);
-  return (field >> top) & 1u ? -mag : mag;
+  return c.twos ? encode_element<false, true>(x, s, c.qmax, c.field_bits, c.seed, index)
+                : encode_element<false, false>(x, s, c.qmax, c.field_bits, c.seed, index);
+}
+
+// Decode one W-bit field of a block that is not non-finite; `s` is the block's decode_scale.
+template <bool Twos>
+FP_HD float decode_element(uint32_t field, BlockScale s, int field_bits) {
+  if constexpr (Twos) {
+    return apply(static_cast<float>(static_cast<int8_t>(static_cast<uint8_t>(field))), s);
+  } else {
+    const uint32_t top = static_cast<uint32_t>(field_bits - 1);
+    const float mag = apply(static_cast<float>(field & ((1u << top) - 1u)), s);
+    return bits_float(float_bits(mag) | (((field >> top) & 1u) << 31));
+  }
+}
+
+FP_HD float nan_value() { return bits_float(0x7fc00000u); }
+
+FP_HD float decode_element(uint32_t field, uint8_t ebyte, const Codec& c) {
+  if (ebyte == kNonFiniteByte) return nan_value();
+  const BlockScale s = decode_scale(ebyte, c);
+  return c.twos ? decode_element<true>(field, s, c.field_bits)
+                : decode_element<false>(field, s, c.field_bits);
 }
 
 }  // namespace fastpaper::bfp::detail

@@ -12,23 +12,24 @@ namespace fastpaper::detail {
 FP_HD float bf16_to_float(uint16_t h) { return bits_float(static_cast<uint32_t>(h) << 16); }
 
 FP_HD uint16_t float_to_bf16(float f) {
-  uint32_t u = float_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
+  const uint32_t u = float_bits(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (u >> 16) | 0x0040u;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
+// Branch-free (selects only, so loops over it vectorize): normals rebias the exponent; Inf/NaN
+// get the float exponent 255; subnormals are renormalized by an exact float subtraction.
 FP_HD float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1fu) return bits_float(sign | 0x7f800000u | (mant << 13));  // Inf / NaN
-  if (exp != 0) return bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
-  if (mant == 0) return bits_float(sign);
-  // subnormal half: mant * 2^-24, normalise into a float32 normal number
-  const int shift = clz32(mant) - 21;  // bring the leading one to bit 10
-  mant = (mant << shift) & 0x3ffu;
-  return bits_float(sign | (static_cast<uint32_t>(113 - shift) << 23) | (mant << 13));
+  const uint32_t em = static_cast<uint32_t>(h & 0x7fffu) << 13;  // exponent+mantissa in float position
+  const uint32_t exp = em & 0x0f800000u;
+  const uint32_t normal = em + 0x38000000u;                      // rebias 15 -> 127
+  const uint32_t inf_nan = em + 0x70000000u;                     // exponent field -> 255
+  // subnormal: (2^-14 + m * 2^-24) - 2^-14 computed exactly in float
+  const uint32_t sub = float_bits(bits_float(em + 0x38800000u) - bits_float(0x38800000u));
+  const uint32_t mag = exp == 0x0f800000u ? inf_nan : (exp == 0 ? sub : normal);
+  return bits_float(sign | mag);
 }
 
 FP_HD uint16_t float_to_half(float f) {

@@ -1,0 +1,227 @@
+"""`fastpaper demo`: each area's main job on built-in data, measured against its plain-PyTorch baseline.
+
+The demo is a list of sections (:data:`SECTIONS`), one per area. A section is a function taking a
+:class:`DemoConfig` and returning a plain dict (JSON-serializable)::
+
+    {"name": "bfp", "title": ..., "description": ...,
+     "tables": [{"title": ...,
+                 "columns": [[key, header, format_spec], ...],   # how to print the rows
+                 "rows": [{key: value, ...}, ...]}, ...],
+     "notes": [str, ...]}
+
+so that a new area adds one function and one entry in :data:`SECTIONS`; :func:`run` runs them and
+:func:`format_section` prints one. ``small=True`` shrinks every workload to a few seconds in total
+(used by the tests).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Optional, Sequence
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What every section is told: where to run, how big, which seed."""
+
+    device: str = "cpu"
+    small: bool = False
+    seed: int = 0
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def time_ms(fn: Callable[[], Any], device: str, warmup: int = 1, repeats: int = 3) -> float:
+    """Median milliseconds of ``fn()`` after ``warmup`` untimed calls, synchronizing CUDA around
+    each call so the time covers the kernels, not just their launch."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+# --------------------------------------------------------------------------------------------- bfp
+
+def kv_cache_like(shape: Sequence[int], n_outlier_channels: int, outlier_scale: float, seed: int,
+                  device: str, dtype=None):
+    """A [heads, tokens, head_dim] tensor shaped like an LLM's key cache: unit-variance Gaussian
+    entries whose magnitude drifts per head, plus ``n_outlier_channels`` head_dim channels that are
+    ``outlier_scale`` times larger in every token (the outlier channels Trukhanov & Soloveychik
+    observe in K). Returns the tensor and the outlier channel indices."""
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    heads, _, head_dim = shape
+    x = torch.randn(*shape, generator=g)
+    x *= torch.exp2(torch.rand(heads, 1, 1, generator=g) * 2.0 - 1.0)
+    channels = torch.randperm(head_dim, generator=g)[:n_outlier_channels].sort().values
+    x[..., channels] *= outlier_scale
+    return x.to(device=device, dtype=dtype or torch.bfloat16), channels.tolist()
+
+
+def bfp_section(config: DemoConfig) -> dict:
+    """BFP codec on a KV-cache-shaped tensor: error, size and speed of BFP12 / BFP16 / MXINT8."""
+    import torch
+
+    from . import bfp
+    from .baselines import bfp as base
+
+    shape = (2, 256, 128) if config.small else (8, 4096, 128)
+    x, outliers = kv_cache_like(shape, n_outlier_channels=4, outlier_scale=20.0, seed=config.seed,
+                                device=config.device)
+    warmup, repeats = 1, 3
+    dense_bytes = x.numel() * x.element_size()
+    x64 = x.double()
+    normal = torch.ones(shape[-1], dtype=torch.bool, device=x.device)
+    normal[outliers] = False
+
+    def rel_err(y, mask=None):
+        d, r = (y.double() - x64), x64
+        if mask is not None:
+            d, r = d[..., mask], r[..., mask]
+        return float(d.norm() / r.norm())
+
+    accuracy, speed = [], []
+    for name, fmt in (("BFP12", bfp.BFP12), ("BFP16", bfp.BFP16), ("MXINT8", bfp.MXINT8)):
+        packed = bfp.pack(x, fmt)
+        y = bfp.unpack(packed)
+        ref = base.pack(x, fmt)
+        identical = (torch.equal(ref.mantissas, packed.mantissas)
+                     and torch.equal(ref.exponents, packed.exponents))
+        accuracy.append({
+            "format": name,
+            "block": fmt.block,
+            "bits_per_element": packed.bits_per_element,
+            "packed_mib": packed.nbytes / 2**20,
+            "bf16_mib": dense_bytes / 2**20,
+            "size_vs_bf16": packed.nbytes / dense_bytes,
+            "rel_error": rel_err(y),
+            "rel_error_normal_channels": rel_err(y, normal),
+            "baseline_bit_identical": identical,
+        })
+        moved = dense_bytes + packed.nbytes  # read + written, the same for pack and unpack
+        for op, fast, plain in (("pack", lambda: bfp.pack(x, fmt), lambda: base.pack(x, fmt)),
+                                ("unpack", lambda: bfp.unpack(packed), lambda: base.unpack(packed))):
+            fast_ms = time_ms(fast, config.device, warmup, repeats)
+            plain_ms = time_ms(plain, config.device, warmup, repeats)
+            speed.append({
+                "format": name, "op": op, "bytes": moved,
+                "fastpaper_ms": fast_ms, "fastpaper_gb_per_s": moved / fast_ms / 1e6,
+                "torch_ms": plain_ms, "torch_gb_per_s": moved / plain_ms / 1e6,
+                "speedup": plain_ms / fast_ms,
+            })
+
+    bad = [r["format"] for r in accuracy if not r["baseline_bit_identical"]]
+    return {
+        "name": "bfp",
+        "title": "BFP codec (Trukhanov & Soloveychik 2024): pack a KV cache",
+        "description": (f"bf16 tensor {list(shape)} [heads, tokens, head_dim] on {config.device} with "
+                        f"{len(outliers)} outlier channels x20 ({outliers}); blocks run along "
+                        "head_dim."),
+        "tables": [
+            {"title": "accuracy and size",
+             "columns": [
+                 ["format", "format", "s"],
+                 ["block", "block", "d"],
+                 ["bits_per_element", "bits/element", ".3f"],
+                 ["packed_mib", "packed MiB", ".3f"],
+                 ["bf16_mib", "bf16 MiB", ".3f"],
+                 ["size_vs_bf16", "size vs bf16", ".3f"],
+                 ["rel_error", "rel. error", ".2e"],
+                 ["rel_error_normal_channels", "rel. error, ordinary channels", ".2e"],
+             ],
+             "rows": accuracy},
+            {"title": "throughput: fastpaper vs plain PyTorch (GB/s = bytes read + written per second)",
+             "columns": [
+                 ["format", "format", "s"],
+                 ["op", "op", "s"],
+                 ["fastpaper_ms", "fastpaper ms", ".3f"],
+                 ["fastpaper_gb_per_s", "GB/s", ".2f"],
+                 ["torch_ms", "plain torch ms", ".3f"],
+                 ["torch_gb_per_s", "GB/s", ".2f"],
+                 ["speedup", "speedup", ".2f"],
+             ],
+             "rows": speed},
+        ],
+        "notes": [
+            "rel. error = ||unpack(pack(x)) - x|| / ||x||. The outlier channels share blocks with "
+            "ordinary channels and set the shared exponent, so ordinary channels lose most of "
+            "their precision.",
+            "plain torch = fastpaper.baselines.bfp, vectorized PyTorch writing the same bytes; "
+            + ("bit-identical to fastpaper here." if not bad else
+               f"NOT bit-identical for {', '.join(bad)}."),
+        ],
+    }
+
+
+SECTIONS: list[tuple[str, Callable[[DemoConfig], dict]]] = [
+    ("bfp", bfp_section),
+]
+
+
+def default_device() -> str:
+    """"cuda" when torch sees a GPU and fastpaper was built with CUDA kernels, else "cpu"."""
+    import torch
+
+    from ._info import info
+
+    return "cuda" if torch.cuda.is_available() and info()["cuda_built"] else "cpu"
+
+
+def run(config: DemoConfig, sections: Optional[Sequence[str]] = None,
+        progress: Optional[Callable[[str], None]] = None) -> list[dict]:
+    """Run the named sections (all by default) in order; ``progress(name)`` is called before each."""
+    known = dict(SECTIONS)
+    names = list(known) if not sections else list(sections)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown demo section(s) {unknown}; available: {list(known)}")
+    results = []
+    for name in names:
+        if progress is not None:
+            progress(name)
+        results.append(known[name](config))
+    return results
+
+
+def format_table(table: dict) -> str:
+    """One table of a section (title, header, rows) as aligned text."""
+    cols = table["columns"]
+    cells = [[format(row[key], spec) for key, _, spec in cols] for row in table["rows"]]
+    heads = [h for _, h, _ in cols]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if spec not in ("s",) else v.ljust(w)
+                         for v, w, (_, _, spec) in zip(values, widths, cols)).rstrip()
+
+    out = [table["title"] + ":", line(heads), line(["-" * w for w in widths])]
+    out.extend(line(c) for c in cells)
+    return "\n".join(out)
+
+
+def format_section(result: dict) -> str:
+    """A section's title, description, tables and notes as text."""
+    out = [f"== {result['title']} ==", result["description"]]
+    for table in result["tables"]:
+        out.extend(["", format_table(table)])
+    if result.get("notes"):
+        out.extend(["", *("* " + n for n in result["notes"])])
+    return "\n".join(out)
+
+
+def config_dict(config: DemoConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,118 @@
+"""The `fastpaper` command: `info` and `demo --small`, in-process and via the console script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from fastpaper import cli
+
+
+def _console_script() -> str:
+    # The script pip installed next to this interpreter, not whichever `fastpaper` is first on PATH.
+    name = "fastpaper.exe" if os.name == "nt" else "fastpaper"
+    for folder in (sysconfig.get_path("scripts"), str(Path(sys.executable).parent)):
+        path = Path(folder) / name
+        if path.is_file():
+            return str(path)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail("the fastpaper console script is not installed (pip install .)")
+    return found
+
+
+def _run(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.run([_console_script(), *args], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+def _check_info(data: dict) -> None:
+    import fastpaper
+
+    assert data["version"] == fastpaper.__version__
+    assert isinstance(data["cuda_built"], bool)
+    assert isinstance(data["cuda_devices"], list)
+
+
+def test_info_json_console_script():
+    proc = _run("info", "--json")
+    assert proc.returncode == 0, proc.stderr
+    _check_info(json.loads(proc.stdout))
+
+
+def test_info_json_in_process(capsys):
+    assert cli.main(["info", "--json"]) == 0
+    _check_info(json.loads(capsys.readouterr().out))
+
+
+def test_info_text(capsys):
+    assert cli.main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "version" in out and "cuda_built" in out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out)
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "info" in capsys.readouterr().out
+
+
+def test_unknown_command_exits_with_usage():
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["frobnicate"])
+    assert exc.value.code == 2
+
+
+requires_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                                    reason="fastpaper demo needs torch")
+_DEMO_SECTIONS = ("== BFP codec", "accuracy and size:", "throughput: fastpaper vs plain PyTorch",
+                  "BFP12", "BFP16", "MXINT8", "bit-identical to fastpaper here")
+
+
+@requires_torch
+def test_demo_small_in_process(capsys, tmp_path):
+    out_json = tmp_path / "demo.json"
+    assert cli.main(["demo", "--small", "--device", "cpu", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    for text in _DEMO_SECTIONS:
+        assert text in out, text
+    data = json.loads(out_json.read_text())
+    assert data["config"] == {"device": "cpu", "small": True, "seed": 0}
+    (section,) = data["sections"]
+    assert section["name"] == "bfp"
+    accuracy, speed = section["tables"]
+    by_format = {r["format"]: r for r in accuracy["rows"]}
+    assert set(by_format) == {"BFP12", "BFP16", "MXINT8"}
+    assert by_format["BFP12"]["bits_per_element"] == pytest.approx(4 + 8 / 64)
+    assert by_format["MXINT8"]["bits_per_element"] == pytest.approx(8 + 8 / 32)
+    # more mantissa bits, less error; every format well below the scale of the data
+    assert by_format["BFP16"]["rel_error"] < by_format["BFP12"]["rel_error"] < 0.5
+    assert all(r["baseline_bit_identical"] for r in accuracy["rows"])
+    assert {(r["format"], r["op"]) for r in speed["rows"]} == {
+        (f, op) for f in by_format for op in ("pack", "unpack")}
+    assert all(r["fastpaper_ms"] > 0 and r["torch_ms"] > 0 for r in speed["rows"])
+
+
+@requires_torch
+def test_demo_small_console_script_env():
+    # The environment variable is the switch scripts and CI can set without changing arguments.
+    proc = _run("demo", "--device", "cpu", env_extra={"FASTPAPER_DEMO_SMALL": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "(small sizes)" in proc.stdout
+    for text in _DEMO_SECTIONS:
+        assert text in proc.stdout, text
+
+
+def test_demo_unknown_section():
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--small", "--section", "nope"])
