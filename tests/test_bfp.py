@@ -197,6 +197,74 @@ def test_torch_compile_fullgraph():
     torch.testing.assert_close(compiled(x), f(x), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("f", [bfp.BFP12, bfp.BFP16, bfp.MXINT8], ids=fmt_id)
+def test_out_buffers(f):
+    # a preallocated packed cache written row-range by row-range, decoded into a reused buffer
+    x = sample(10, 200, torch.bfloat16)
+    cache = bfp.PackedBFP(torch.zeros(10, f.mantissa_bytes(200), dtype=torch.uint8),
+                          torch.zeros(10, f.exponent_bytes(200), dtype=torch.uint8),
+                          (10, 200), torch.bfloat16, f)
+    for lo, hi in ((0, 3), (3, 4), (4, 10)):
+        view = bfp.PackedBFP(cache.mantissas[lo:hi], cache.exponents[lo:hi], (hi - lo, 200),
+                             torch.bfloat16, f)
+        got = bfp.pack(x[lo:hi], f, out=view)
+        assert got.mantissas.data_ptr() == cache.mantissas[lo:hi].data_ptr()
+    ref_p = bfp.pack(x, f)
+    assert torch.equal(cache.mantissas, ref_p.mantissas) and torch.equal(cache.exponents, ref_p.exponents)
+    buf = torch.empty(10, 200, dtype=torch.float32)
+    assert bfp.unpack(cache, out=buf) is buf
+    torch.testing.assert_close(buf, bfp.unpack(ref_p, torch.float32), rtol=0, atol=0)
+    q = torch.empty(10, 200, dtype=torch.float16)
+    bfp.quantize(x, f, out=q)
+    torch.testing.assert_close(q, bfp.quantize(x, f).half(), rtol=0, atol=0)
+    y = x.clone()
+    bfp.quantize(y, f, out=y)                              # in place
+    torch.testing.assert_close(y, bfp.quantize(x, f), rtol=0, atol=0)
+    # numpy
+    xn = x.float().numpy()
+    pn = bfp.pack(xn, f)
+    outn = bfp.PackedBFP(np.zeros_like(pn.mantissas), np.zeros_like(pn.exponents), pn.shape, pn.dtype, f)
+    bfp.pack(xn, f, out=outn)
+    np.testing.assert_array_equal(outn.mantissas, pn.mantissas)
+    dn = np.empty((10, 200), np.float16)
+    bfp.unpack(pn, out=dn)
+    np.testing.assert_array_equal(dn, bfp.unpack(pn, np.float16))
+    qn = np.empty_like(xn)
+    np.testing.assert_array_equal(bfp.quantize(xn, f, out=qn), bfp.quantize(xn, f))
+
+
+def test_out_buffers_are_checked():
+    x = sample(4, 64, torch.float32)
+    p = bfp.pack(x)
+    with pytest.raises(ValueError, match="out has shape"):
+        bfp.unpack(p, out=torch.empty(4, 65))
+    with pytest.raises(TypeError, match="out has dtype"):
+        bfp.unpack(p, torch.float16, out=torch.empty(4, 64))
+    with pytest.raises(ValueError, match="contiguous"):
+        bfp.quantize(x, out=torch.empty(64, 4).t())
+    with pytest.raises(TypeError, match="out"):
+        bfp.quantize(x, out=np.empty((4, 64), np.float32))
+    with pytest.raises(ValueError, match="autograd"):
+        bfp.quantize(x.clone().requires_grad_(), out=torch.empty(4, 64))
+    with pytest.raises(ValueError, match="out.format"):
+        bfp.pack(x, bfp.BFP16, out=p)
+    with pytest.raises(ValueError, match="out.mantissas"):
+        bfp.pack(x[:2], out=p)
+    with pytest.raises(ValueError, match="out has shape"):
+        bfp.unpack(bfp.pack(x.numpy()), out=np.empty((4, 60), np.float32))
+
+
+def test_opcheck_out_variants():
+    x = sample(3, 70, torch.float32)
+    m = torch.empty(3, 128, dtype=torch.uint8)  # 70 cols -> 2 blocks of 64, one byte each
+    e = torch.empty(3, 2, dtype=torch.uint8)
+    torch.library.opcheck(torch.ops.fastpaper.bfp_pack_out.default, (x, 64, 8, 0, 0, 0, 1, m, e))
+    torch.library.opcheck(torch.ops.fastpaper.bfp_unpack_out.default,
+                          (m, e, 70, 64, 8, 0, torch.empty(3, 70, dtype=torch.bfloat16)))
+    torch.library.opcheck(torch.ops.fastpaper.bfp_quantize_out.default,
+                          (x, 16, 3, 0, 1, 1, 2, torch.empty(3, 70)))
+
+
 # --- hostile input ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [torch.zeros(4, 64, dtype=torch.float64),

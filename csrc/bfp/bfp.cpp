@@ -37,7 +37,8 @@ Status check_call(int64_t rows, int64_t cols, Format fmt, Options opt, DType in_
   if (device != Device::cpu && device != Device::cuda) {
     return fail(Status::invalid_argument, "device must be Device::cpu or Device::cuda");
   }
-  if (cols > 0 && rows > std::numeric_limits<int64_t>::max() / padded_cols(cols, fmt)) {
+  const int64_t padded = padded_cols(cols, fmt);
+  if (cols > 0 && (padded == 0 || rows > std::numeric_limits<int64_t>::max() / padded)) {
     return fail(Status::invalid_argument, "rows * cols overflows int64");
   }
   if (rows > 0 && cols > 0 && (a == nullptr || b == nullptr || c == nullptr)) {
@@ -81,11 +82,13 @@ Status check_format(Format fmt) {
 
 int64_t padded_cols(int64_t cols, Format fmt) {
   if (cols < 0 || check_format(fmt) != Status::ok) return 0;
+  if (cols > std::numeric_limits<int64_t>::max() - (fmt.block - 1)) return 0;  // would overflow
   return (cols + fmt.block - 1) / fmt.block * fmt.block;
 }
 
 int64_t mantissa_bytes_per_row(int64_t cols, Format fmt) {
-  return padded_cols(cols, fmt) * (fmt.mantissa_bits <= 4 ? 4 : 8) / 8;
+  // padded is a multiple of 16, so dividing first is exact and cannot overflow
+  return padded_cols(cols, fmt) / 8 * (fmt.mantissa_bits <= 4 ? 4 : 8);
 }
 
 int64_t exponent_bytes_per_row(int64_t cols, Format fmt) {

@@ -37,6 +37,7 @@ using namespace fastpaper::bfp::detail;
 using fastpaper::detail::bits_float;
 using fastpaper::detail::float_bits;
 using fastpaper::detail::load_as_float;
+using fastpaper::detail::store_exact;
 using fastpaper::detail::store_from_float;
 
 constexpr int kMaxBlock = 128;
@@ -62,6 +63,24 @@ struct Geometry {
   int64_t rows, cols, blocks_per_row, row_bytes;
 };
 
+// Walks blocks [b0, b1) in memory order, tracking (row, first column) without a 64-bit division
+// per block (which would cost as much as encoding a dozen elements).
+struct BlockCursor {
+  int64_t blk, r, col0;
+  const int64_t blocks_per_row, block;
+  BlockCursor(int64_t b0, int64_t blocks_per_row_, int64_t block_)
+      : blk(b0), r(b0 / blocks_per_row_), col0((b0 % blocks_per_row_) * block_),
+        blocks_per_row(blocks_per_row_), block(block_) {}
+  void next() {
+    ++blk;
+    col0 += block;
+    if (col0 == blocks_per_row * block) {
+      col0 = 0;
+      ++r;
+    }
+  }
+};
+
 Geometry geometry(int64_t rows, int64_t cols, const Codec& c) {
   const int64_t nb = (cols + c.block - 1) / c.block;
   return Geometry{rows, cols, nb, nb * c.block * c.field_bits / 8};
@@ -71,6 +90,16 @@ Geometry geometry(int64_t rows, int64_t cols, const Codec& c) {
 // order, NaN and Inf sort above every finite value, and an integer max reduction vectorizes.
 template <DType D>
 FP_INLINE uint32_t block_amax_bits(const void* x, int64_t offset, int n) {
+  if constexpr (D == DType::bfloat16) {
+    // bfloat16 is the top half of a float32: reduce 16-bit lanes, twice as many per vector
+    const uint16_t* h = static_cast<const uint16_t*>(x) + offset;
+    uint16_t amax = 0;
+    for (int i = 0; i < n; ++i) {
+      const uint16_t a = static_cast<uint16_t>(h[i] & 0x7fffu);
+      amax = a > amax ? a : amax;
+    }
+    return static_cast<uint32_t>(amax) << 16;
+  }
   uint32_t amax_bits = 0;
   for (int i = 0; i < n; ++i) {
     const uint32_t a = float_bits(load_as_float<D>(x, offset + i)) & 0x7fffffffu;
@@ -124,7 +153,7 @@ FP_INLINE void quantize_block(const void* x, int64_t offset, const Codec c, uint
   const int block = c.block;
   const uint32_t amax_bits = block_amax_bits<D>(x, offset, block);
   if (amax_bits >= 0x7f800000u) {
-    for (int i = 0; i < block; ++i) store_from_float<O>(out, out_offset + i, nan_value());
+    for (int i = 0; i < block; ++i) store_exact<O>(out, out_offset + i, nan_value());
     return;
   }
   const int e = choose_exponent(bits_float(amax_bits), c);
@@ -135,7 +164,7 @@ FP_INLINE void quantize_block(const void* x, int64_t offset, const Codec c, uint
   for (int i = 0; i < block; ++i) {
     const uint32_t f = encode_element<Stochastic, Twos>(load_as_float<D>(x, offset + i), s, qmax,
                                                         field_bits, seed, first_index + i);
-    store_from_float<O>(out, out_offset + i, decode_element<Twos>(f, d, field_bits));
+    store_exact<O>(out, out_offset + i, decode_element<Twos>(f, d, field_bits));
   }
 }
 
@@ -144,19 +173,19 @@ template <DType O, int W, bool Twos>
 FP_INLINE void unpack_block(const uint8_t* src, uint8_t ebyte, int n, const Codec c, void* out,
                             int64_t offset) {
   if (ebyte == kNonFiniteByte) {
-    for (int i = 0; i < n; ++i) store_from_float<O>(out, offset + i, nan_value());
+    for (int i = 0; i < n; ++i) store_exact<O>(out, offset + i, nan_value());
     return;
   }
   const BlockScale s = decode_scale(ebyte, c);
   if constexpr (W == 4) {
     for (int i = 0; i < n / 2; ++i) {
       const uint32_t byte = src[i];
-      store_from_float<O>(out, offset + 2 * i, decode_element<Twos>(byte & 0xfu, s, W));
-      store_from_float<O>(out, offset + 2 * i + 1, decode_element<Twos>(byte >> 4, s, W));
+      store_exact<O>(out, offset + 2 * i, decode_element<Twos>(byte & 0xfu, s, W));
+      store_exact<O>(out, offset + 2 * i + 1, decode_element<Twos>(byte >> 4, s, W));
     }
-    if (n & 1) store_from_float<O>(out, offset + n - 1, decode_element<Twos>(src[n / 2] & 0xfu, s, W));
+    if (n & 1) store_exact<O>(out, offset + n - 1, decode_element<Twos>(src[n / 2] & 0xfu, s, W));
   } else {
-    for (int i = 0; i < n; ++i) store_from_float<O>(out, offset + i, decode_element<Twos>(src[i], s, W));
+    for (int i = 0; i < n; ++i) store_exact<O>(out, offset + i, decode_element<Twos>(src[i], s, W));
   }
 }
 
@@ -172,8 +201,8 @@ template <DType D, int W, bool Stochastic, bool Twos>
 FP_INLINE void pack_range(const void* x, const Geometry g, const Codec c, uint8_t* mantissas,
                           uint8_t* exponents, int64_t b0, int64_t b1) {
   alignas(64) float buf[kMaxBlock];
-  for (int64_t blk = b0; blk < b1; ++blk) {
-    const int64_t r = blk / g.blocks_per_row, col0 = (blk % g.blocks_per_row) * c.block;
+  for (BlockCursor cur(b0, g.blocks_per_row, c.block); cur.blk < b1; cur.next()) {
+    const int64_t blk = cur.blk, r = cur.r, col0 = cur.col0;
     const int n = static_cast<int>(std::min<int64_t>(c.block, g.cols - col0));
     const int64_t o = r * g.cols + col0;
     uint8_t* dst = mantissas + r * g.row_bytes + col0 * W / 8;
@@ -189,8 +218,8 @@ FP_INLINE void pack_range(const void* x, const Geometry g, const Codec c, uint8_
 template <DType O, int W, bool Twos>
 FP_INLINE void unpack_range(const uint8_t* mantissas, const uint8_t* exponents, const Geometry g,
                             const Codec c, void* out, int64_t b0, int64_t b1) {
-  for (int64_t blk = b0; blk < b1; ++blk) {
-    const int64_t r = blk / g.blocks_per_row, col0 = (blk % g.blocks_per_row) * c.block;
+  for (BlockCursor cur(b0, g.blocks_per_row, c.block); cur.blk < b1; cur.next()) {
+    const int64_t blk = cur.blk, r = cur.r, col0 = cur.col0;
     const int n = static_cast<int>(std::min<int64_t>(c.block, g.cols - col0));
     unpack_block<O, W, Twos>(mantissas + r * g.row_bytes + col0 * W / 8, exponents[blk], n, c, out,
                              r * g.cols + col0);
@@ -202,8 +231,8 @@ FP_INLINE void quantize_range(const void* x, const Geometry g, const Codec c, vo
                               int64_t b1) {
   alignas(64) float buf[kMaxBlock];
   alignas(64) float res[kMaxBlock];
-  for (int64_t blk = b0; blk < b1; ++blk) {
-    const int64_t r = blk / g.blocks_per_row, col0 = (blk % g.blocks_per_row) * c.block;
+  for (BlockCursor cur(b0, g.blocks_per_row, c.block); cur.blk < b1; cur.next()) {
+    const int64_t r = cur.r, col0 = cur.col0;
     const int n = static_cast<int>(std::min<int64_t>(c.block, g.cols - col0));
     const int64_t o = r * g.cols + col0;
     if (n == c.block) {
@@ -211,7 +240,7 @@ FP_INLINE void quantize_range(const void* x, const Geometry g, const Codec c, vo
     } else {
       widen_partial<D>(x, o, n, c.block, buf);
       quantize_block<DType::float32, DType::float32, Stochastic, Twos>(buf, 0, c, static_cast<uint64_t>(o), res, 0);
-      for (int i = 0; i < n; ++i) store_from_float<O>(out, o + i, res[i]);
+      for (int i = 0; i < n; ++i) store_exact<O>(out, o + i, res[i]);
     }
   }
 }

@@ -20,8 +20,8 @@ void check_packed(const Array& mantissas, const Array& exponents, int64_t rows, 
                   bfp::Format f) {
   bindings::check_uint8(mantissas, "mantissas");
   bindings::check_uint8(exponents, "exponents");
-  bindings::check_size(mantissas, "mantissas", rows * bfp::mantissa_bytes_per_row(cols, f));
-  bindings::check_size(exponents, "exponents", rows * bfp::exponent_bytes_per_row(cols, f));
+  bindings::check_size(mantissas, "mantissas", bindings::checked_mul(rows, bfp::mantissa_bytes_per_row(cols, f), "mantissas"));
+  bindings::check_size(exponents, "exponents", bindings::checked_mul(rows, bfp::exponent_bytes_per_row(cols, f), "exponents"));
   bindings::check_same_device(mantissas, "mantissas", exponents, "exponents");
 }
 
@@ -31,7 +31,7 @@ void pack(Array x, int64_t rows, int64_t cols, int block, int mantissa_bits, int
   const bfp::Format f = format_of(block, mantissa_bits, element);
   const DType dt = bindings::float_dtype_of(x, "x");
   const Device dev = bindings::device_of(x, "x");
-  bindings::check_size(x, "x", rows * cols);
+  bindings::check_size(x, "x", bindings::checked_mul(rows, cols, "x"));
   check_packed(mantissas, exponents, rows, cols, f);
   bindings::check_same_device(x, "x", mantissas, "mantissas");
   const bfp::Options opt{static_cast<bfp::Scale>(scale), static_cast<bfp::Rounding>(rounding), seed};
@@ -50,7 +50,7 @@ void unpack(Array mantissas, Array exponents, int64_t rows, int64_t cols, int bl
   check_packed(mantissas, exponents, rows, cols, f);
   const DType dt = bindings::float_dtype_of(out, "out");
   const Device dev = bindings::device_of(out, "out");
-  bindings::check_size(out, "out", rows * cols);
+  bindings::check_size(out, "out", bindings::checked_mul(rows, cols, "out"));
   bindings::check_same_device(mantissas, "mantissas", out, "out");
   Status s;
   {
@@ -68,8 +68,8 @@ void quantize(Array x, int64_t rows, int64_t cols, int block, int mantissa_bits,
   const DType dt = bindings::float_dtype_of(x, "x");
   const DType ot = bindings::float_dtype_of(out, "out");
   const Device dev = bindings::device_of(x, "x");
-  bindings::check_size(x, "x", rows * cols);
-  bindings::check_size(out, "out", rows * cols);
+  bindings::check_size(x, "x", bindings::checked_mul(rows, cols, "x"));
+  bindings::check_size(out, "out", bindings::checked_mul(rows, cols, "out"));
   bindings::check_same_device(x, "x", out, "out");
   const bfp::Options opt{static_cast<bfp::Scale>(scale), static_cast<bfp::Rounding>(rounding), seed};
   Status s;

@@ -47,6 +47,15 @@ inline void check_uint8(const Array& a, const char* name) {
   }
 }
 
+// a * b, raising instead of overflowing (sizes come from Python ints).
+inline int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t r;
+  if (a < 0 || b < 0 || __builtin_mul_overflow(a, b, &r)) {
+    throw nb::value_error((std::string(what) + ": sizes must be >= 0 and their product fit in int64").c_str());
+  }
+  return r;
+}
+
 inline void check_size(const Array& a, const char* name, int64_t expected) {
   if (static_cast<int64_t>(a.size()) != expected) {
     throw nb::value_error((std::string(name) + ": expected " + std::to_string(expected) +

@@ -24,6 +24,14 @@ LIB.define("bfp_unpack(Tensor mantissas, Tensor exponents, int cols, int block, 
            "int element, int dtype) -> Tensor")
 LIB.define("bfp_quantize(Tensor x, int block, int mantissa_bits, int element, int scale, "
            "int rounding, int seed) -> Tensor")
+# In-place variants that write into caller-owned buffers (a preallocated KV cache, a reused
+# activation buffer): no allocation, and no first-touch page faults for large CPU outputs.
+LIB.define("bfp_pack_out(Tensor x, int block, int mantissa_bits, int element, int scale, "
+           "int rounding, int seed, Tensor(a!) mantissas, Tensor(b!) exponents) -> ()")
+LIB.define("bfp_unpack_out(Tensor mantissas, Tensor exponents, int cols, int block, "
+           "int mantissa_bits, int element, Tensor(a!) out) -> ()")
+LIB.define("bfp_quantize_out(Tensor x, int block, int mantissa_bits, int element, int scale, "
+           "int rounding, int seed, Tensor(a!) out) -> ()")
 
 
 def is_tensor(x) -> bool:
@@ -71,10 +79,51 @@ def _quantize_kernel(x, block, mantissa_bits, element, scale, rounding, seed):
     return out
 
 
+def _pack_out_kernel(x, block, mantissa_bits, element, scale, rounding, seed, mantissas, exponents):
+    x = x.detach().contiguous()
+    if x.numel():
+        with device_guard(x):
+            _C.pack(x, _rows(x), x.shape[-1], block, mantissa_bits, element, scale, rounding,
+                    seed & 0xFFFFFFFFFFFFFFFF, mantissas.detach(), exponents.detach(), stream_of(x))
+
+
+def _unpack_out_kernel(mantissas, exponents, cols, block, mantissa_bits, element, out):
+    if out.numel():
+        with device_guard(out):
+            _C.unpack(mantissas.detach().contiguous(), exponents.detach().contiguous(), _rows(out),
+                      cols, block, mantissa_bits, element, out.detach(), stream_of(out))
+
+
+def _quantize_out_kernel(x, block, mantissa_bits, element, scale, rounding, seed, out):
+    x = x.detach().contiguous()
+    if x.numel():
+        with device_guard(x):
+            _C.quantize(x, _rows(x), x.shape[-1], block, mantissa_bits, element, scale, rounding,
+                        seed & 0xFFFFFFFFFFFFFFFF, out.detach(), stream_of(x))
+
+
 for _device in ("CPU", "CUDA"):
     LIB.impl("bfp_pack", _pack_kernel, _device)
     LIB.impl("bfp_unpack", _unpack_kernel, _device)
     LIB.impl("bfp_quantize", _quantize_kernel, _device)
+    LIB.impl("bfp_pack_out", _pack_out_kernel, _device)
+    LIB.impl("bfp_unpack_out", _unpack_out_kernel, _device)
+    LIB.impl("bfp_quantize_out", _quantize_out_kernel, _device)
+
+
+@torch.library.register_fake("fastpaper::bfp_pack_out", lib=LIB)
+def _pack_out_fake(x, block, mantissa_bits, element, scale, rounding, seed, mantissas, exponents):
+    return None
+
+
+@torch.library.register_fake("fastpaper::bfp_unpack_out", lib=LIB)
+def _unpack_out_fake(mantissas, exponents, cols, block, mantissa_bits, element, out):
+    return None
+
+
+@torch.library.register_fake("fastpaper::bfp_quantize_out", lib=LIB)
+def _quantize_out_fake(x, block, mantissa_bits, element, scale, rounding, seed, out):
+    return None
 
 
 @torch.library.register_fake("fastpaper::bfp_pack", lib=LIB)
@@ -118,13 +167,41 @@ def _check_x(x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
 
 
-def pack(x: torch.Tensor, fmt: Format, scale: int, rounding: int, seed: int) -> PackedBFP:
+def _check_out(out, name: str, shape: tuple, dtype, device: torch.device) -> None:
+    """A caller-provided output buffer must match exactly: it is written, never resized."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(out.shape)}, expected {tuple(shape)}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {dtype}")
+    if out.device != device:
+        raise ValueError(f"{name} is on {out.device}, expected {device}")
+    if not out.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    if out.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"{name}: out= variants do not support autograd (got requires_grad=True)")
+
+
+def pack(x: torch.Tensor, fmt: Format, scale: int, rounding: int, seed: int,
+         out: "PackedBFP | None" = None) -> PackedBFP:
     _check_x(x)
-    m, e = torch.ops.fastpaper.bfp_pack(x, *fmt._args(), scale, rounding, _signed64(seed))
-    return PackedBFP(m, e, tuple(x.shape), x.dtype, fmt)
+    if out is None:
+        m, e = torch.ops.fastpaper.bfp_pack(x, *fmt._args(), scale, rounding, _signed64(seed))
+        return PackedBFP(m, e, tuple(x.shape), x.dtype, fmt)
+    if not isinstance(out, PackedBFP):
+        raise TypeError(f"out must be a PackedBFP, got {type(out).__name__}")
+    if out.format != fmt:
+        raise ValueError(f"out.format is {out.format}, but fmt is {fmt}")
+    lead, cols = tuple(x.shape[:-1]), x.shape[-1]
+    _check_out(out.mantissas, "out.mantissas", lead + (fmt.mantissa_bytes(cols),), torch.uint8, x.device)
+    _check_out(out.exponents, "out.exponents", lead + (fmt.exponent_bytes(cols),), torch.uint8, x.device)
+    torch.ops.fastpaper.bfp_pack_out(x, *fmt._args(), scale, rounding, _signed64(seed),
+                                     out.mantissas, out.exponents)
+    return PackedBFP(out.mantissas, out.exponents, tuple(x.shape), x.dtype, fmt)
 
 
-def unpack(packed: PackedBFP, dtype) -> torch.Tensor:
+def unpack(packed: PackedBFP, dtype, out: "torch.Tensor | None" = None) -> torch.Tensor:
     fmt = packed.format
     m, e = packed.mantissas, packed.exponents
     if not (isinstance(m, torch.Tensor) and isinstance(e, torch.Tensor)):
@@ -143,15 +220,32 @@ def unpack(packed: PackedBFP, dtype) -> torch.Tensor:
                          f"{m.device} and {e.device}")
     if m.device.type not in ("cpu", "cuda"):
         raise ValueError(f"packed tensors must be on the CPU or a CUDA device, got {m.device}")
+    if out is not None and dtype is None:
+        dtype = out.dtype if isinstance(out, torch.Tensor) else None
     out_dtype = packed.dtype if dtype is None else dtype
     if out_dtype not in _DTYPES:
         raise TypeError(f"dtype must be torch.float32, torch.float16 or torch.bfloat16, got {out_dtype}")
-    return torch.ops.fastpaper.bfp_unpack(m, e, cols, *fmt._args(), _DTYPE_CODES[out_dtype])
+    if out is None:
+        return torch.ops.fastpaper.bfp_unpack(m, e, cols, *fmt._args(), _DTYPE_CODES[out_dtype])
+    _check_out(out, "out", shape, out_dtype, m.device)
+    torch.ops.fastpaper.bfp_unpack_out(m, e, cols, *fmt._args(), out)
+    return out
 
 
-def quantize(x: torch.Tensor, fmt: Format, scale: int, rounding: int, seed: int) -> torch.Tensor:
+def quantize(x: torch.Tensor, fmt: Format, scale: int, rounding: int, seed: int,
+             out: "torch.Tensor | None" = None) -> torch.Tensor:
     _check_x(x)
-    return torch.ops.fastpaper.bfp_quantize(x, *fmt._args(), scale, rounding, _signed64(seed))
+    if out is None:
+        return torch.ops.fastpaper.bfp_quantize(x, *fmt._args(), scale, rounding, _signed64(seed))
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if out.dtype not in _DTYPES:
+        raise TypeError(f"out must be float32, float16 or bfloat16, got {out.dtype}")
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError("x: out= variants do not support autograd (x requires grad)")
+    _check_out(out, "out", tuple(x.shape), out.dtype, x.device)
+    torch.ops.fastpaper.bfp_quantize_out(x, *fmt._args(), scale, rounding, _signed64(seed), out)
+    return out
 
 
 def _signed64(seed: int) -> int:

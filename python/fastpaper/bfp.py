@@ -161,13 +161,26 @@ def _np_rows_cols(x: np.ndarray, name: str) -> tuple[int, int]:
 _NP_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
+def _np_check_out(out: Any, name: str, shape: tuple, dtype) -> np.ndarray:
+    """A caller-provided numpy output must match exactly: it is written, never resized."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(out.shape)}, expected {tuple(shape)}")
+    if out.dtype != np.dtype(dtype):
+        raise TypeError(f"{name} has dtype {out.dtype}, expected {np.dtype(dtype)}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"{name} must be C-contiguous and writeable")
+    return out
+
+
 def _np_check_dtype(x: np.ndarray, name: str) -> None:
     if x.dtype not in _NP_DTYPES:
         raise TypeError(f"{name} must be float32 or float16, got {x.dtype}")
 
 
 def pack(x, fmt: Format = BFP12, *, scale: str = "no_clip", rounding: str = "nearest",
-         seed: int = 0) -> PackedBFP:
+         seed: int = 0, out: Optional[PackedBFP] = None) -> PackedBFP:
     """Encode ``x`` in block floating point along its last dimension.
 
     Parameters
@@ -177,6 +190,9 @@ def pack(x, fmt: Format = BFP12, *, scale: str = "no_clip", rounding: str = "nea
     fmt : Format, e.g. ``BFP12`` (block 64, 4-bit mantissas), ``BFP16``, ``MXINT8``.
     scale : ``"no_clip"`` or ``"floor"`` (see the module docstring).
     rounding : ``"nearest"`` (half to even) or ``"stochastic"`` (seeded by ``seed``).
+    out : optional PackedBFP whose ``mantissas``/``exponents`` (contiguous, exact shapes, same
+        device and format) are overwritten instead of allocating new storage, e.g. a slice of a
+        preallocated KV cache. Not differentiable.
 
     Returns
     -------
@@ -191,18 +207,27 @@ def pack(x, fmt: Format = BFP12, *, scale: str = "no_clip", rounding: str = "nea
         rows, cols = _np_rows_cols(x, "x")
         x = np.ascontiguousarray(x)
         lead = x.shape[:-1]
-        m = np.empty(lead + (fmt.mantissa_bytes(cols),), np.uint8)
-        e = np.empty(lead + (fmt.exponent_bytes(cols),), np.uint8)
+        mshape, eshape = lead + (fmt.mantissa_bytes(cols),), lead + (fmt.exponent_bytes(cols),)
+        if out is None:
+            m, e = np.empty(mshape, np.uint8), np.empty(eshape, np.uint8)
+        else:
+            if not isinstance(out, PackedBFP):
+                raise TypeError(f"out must be a PackedBFP, got {type(out).__name__}")
+            if out.format != fmt:
+                raise ValueError(f"out.format is {out.format}, but fmt is {fmt}")
+            m = _np_check_out(out.mantissas, "out.mantissas", mshape, np.uint8)
+            e = _np_check_out(out.exponents, "out.exponents", eshape, np.uint8)
         _C.pack(x, rows, cols, *fmt._args(), sc, rd, sd, m, e, 0)
         return PackedBFP(m, e, tuple(x.shape), x.dtype, fmt)
-    return _torch_backend(x).pack(x, fmt, sc, rd, sd)
+    return _torch_backend(x).pack(x, fmt, sc, rd, sd, out)
 
 
-def unpack(packed: PackedBFP, dtype=None):
+def unpack(packed: PackedBFP, dtype=None, *, out=None):
     """Decode a :class:`PackedBFP` to a dense tensor/array of its original shape.
 
-    ``dtype`` defaults to the packed tensor's original dtype; any of float32/float16/bfloat16
-    (torch) or float32/float16 (numpy) may be asked for.
+    ``dtype`` defaults to ``out``'s dtype when given, else the packed tensor's original dtype; any
+    of float32/float16/bfloat16 (torch) or float32/float16 (numpy) may be asked for. ``out``: an
+    optional contiguous tensor/array of the original shape to decode into (no allocation).
     """
     if not isinstance(packed, PackedBFP):
         raise TypeError(f"packed must be a PackedBFP, got {type(packed).__name__}")
@@ -223,19 +248,22 @@ def unpack(packed: PackedBFP, dtype=None):
             if tuple(a.shape) != lead + (want,):
                 raise ValueError(f"packed.{name} has shape {tuple(a.shape)}, expected "
                                  f"{lead + (want,)} for shape {shape} in {fmt}")
-        out_dtype = np.dtype(packed.dtype if dtype is None else dtype)
+        if dtype is None:
+            dtype = out.dtype if isinstance(out, np.ndarray) else packed.dtype
+        out_dtype = np.dtype(dtype)
         if out_dtype not in _NP_DTYPES:
             raise TypeError(f"dtype must be float32 or float16 for numpy, got {out_dtype}")
         rows = int(np.prod(lead)) if lead else 1
-        out = np.empty(shape, out_dtype)
+        out = np.empty(shape, out_dtype) if out is None else _np_check_out(out, "out", shape, out_dtype)
         _C.unpack(np.ascontiguousarray(m), np.ascontiguousarray(e), rows, cols, *fmt._args(), out, 0)
         return out
-    return _torch_backend(m, "packed.mantissas").unpack(packed, dtype)
+    return _torch_backend(m, "packed.mantissas").unpack(packed, dtype, out)
 
 
 def quantize(x, fmt: Format = BFP12, *, scale: str = "no_clip", rounding: str = "nearest",
-             seed: int = 0):
-    """``unpack(pack(x))`` in one pass, returning x's dtype and shape.
+             seed: int = 0, out=None):
+    """``unpack(pack(x))`` in one pass, returning x's dtype and shape (or writing into ``out``, a
+    contiguous tensor/array of x's shape and any supported float dtype; ``out`` may be ``x``).
 
     For torch tensors the gradient is the straight-through estimator (d quantize(x)/dx = 1), so
     ``quantize`` can sit inside a model during quantization-aware training or calibration.
@@ -248,7 +276,13 @@ def quantize(x, fmt: Format = BFP12, *, scale: str = "no_clip", rounding: str = 
         _np_check_dtype(x, "x")
         rows, cols = _np_rows_cols(x, "x")
         x = np.ascontiguousarray(x)
-        out = np.empty_like(x)
+        if out is None:
+            out = np.empty_like(x)
+        else:
+            if not isinstance(out, np.ndarray):
+                raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+            out = _np_check_out(out, "out", x.shape, out.dtype)
+            _np_check_dtype(out, "out")
         _C.quantize(x, rows, cols, *fmt._args(), sc, rd, sd, out, 0)
         return out
-    return _torch_backend(x).quantize(x, fmt, sc, rd, sd)
+    return _torch_backend(x).quantize(x, fmt, sc, rd, sd, out)

@@ -63,7 +63,8 @@ struct Options {
 
 // invalid_argument unless B in {16, 32, 64, 128}, M in [2, 8], and M == 8 for twos_complement.
 FASTPAPER_API Status check_format(Format fmt);
-// Storage geometry of one row of `cols` elements (0 for an invalid format or cols < 0).
+// Storage geometry of one row of `cols` elements (0 for an invalid format, cols < 0, or a cols
+// so large that the padded row would overflow int64).
 FASTPAPER_API int64_t padded_cols(int64_t cols, Format fmt);
 FASTPAPER_API int64_t mantissa_bytes_per_row(int64_t cols, Format fmt);
 FASTPAPER_API int64_t exponent_bytes_per_row(int64_t cols, Format fmt);

@@ -66,11 +66,11 @@ FP_HD int floor_log2(float a) {
 
 FP_HD bool is_nonfinite(float x) { return (float_bits(x) & 0x7f800000u) == 0x7f800000u; }
 
-// Round v >= 0, v < 2^22, to the nearest integer, ties to even (the 1.5 * 2^23 trick: exact in the
-// default rounding mode and vectorizable, unlike a call to rintf).
-FP_HD float round_half_even(float v) {
-  const float magic = 12582912.0f;
-  return add_rn(add_rn(v, magic), -magic);
+// Round v >= 0, v < 2^22, to the nearest integer, ties to even: v + 2^23 has exponent 23, so the
+// addition itself rounds v to an integer (in the default rounding mode) and that integer is the
+// sum's mantissa field. One add and one integer subtract; vectorizes, unlike rintf.
+FP_HD uint32_t round_half_even_to_uint(float v) {
+  return float_bits(add_rn(v, 8388608.0f)) - 0x4b000000u;
 }
 
 // Block exponent E for a block whose largest magnitude is `amax` (finite, >= 0).
@@ -130,16 +130,15 @@ FP_HD uint32_t encode_element(float x, BlockScale s, int qmax, int field_bits, u
   float v = apply(bits_float(bits & 0x7fffffffu), s);
   const float cap = static_cast<float>(2 * qmax + 2);  // keeps v in the rounding trick's range
   v = v < cap ? v : cap;
-  float r;
+  int32_t q;
   if constexpr (Stochastic) {
-    const float fl = static_cast<float>(static_cast<int>(v));  // v >= 0: truncation is floor
-    const float frac_scaled = mul_rn(add_rn(v, -fl), 16777216.0f);  // exact: frac * 2^24
+    const int32_t fl = static_cast<int32_t>(v);  // v >= 0: truncation is floor
+    const float frac_scaled = mul_rn(add_rn(v, -static_cast<float>(fl)), 16777216.0f);  // exact
     const float u = static_cast<float>(uniform24(seed, index));
-    r = u < frac_scaled ? add_rn(fl, 1.0f) : fl;
+    q = fl + (u < frac_scaled ? 1 : 0);
   } else {
-    r = round_half_even(v);
+    q = static_cast<int32_t>(round_half_even_to_uint(v));
   }
-  int32_t q = static_cast<int32_t>(r);
   q = q < qmax ? q : qmax;
   if constexpr (Twos) {
     return static_cast<uint32_t>(sign ? -q : q) & 0xffu;

@@ -84,4 +84,16 @@ FP_HD void store_from_float(void* p, int64_t i, float v) {
   }
 }
 
+// Store a value known to be exactly representable in D, or NaN (a decoded BFP element: at most 7
+// significant bits, exponent within float32's range). bfloat16 then needs no rounding, only the
+// top half of the float32 bits; float16 may still overflow or underflow and rounds as usual.
+template <DType D>
+FP_HD void store_exact(void* p, int64_t i, float v) {
+  if constexpr (D == DType::bfloat16) {
+    static_cast<uint16_t*>(p)[i] = static_cast<uint16_t>(float_bits(v) >> 16);
+  } else {
+    store_from_float<D>(p, i, v);
+  }
+}
+
 }  // namespace fastpaper::detail

@@ -6,6 +6,9 @@
 
 #if defined(__CUDACC__)
 #  define FP_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Always inlined: these helpers sit inside vectorized per-element loops of the CPU kernels.
+#  define FP_HD inline __attribute__((always_inline))
 #else
 #  define FP_HD inline
 #endif

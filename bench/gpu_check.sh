@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The one prepared command for a GPU machine (no network): build fastpaper with its CUDA kernels,
+# run the CUDA tests, run the GPU benchmarks, and leave logs and JSON in OUTDIR.
+#   bash bench/gpu_check.sh OUTDIR
+# The machine is expected to have torch, nvcc, CMake, ninja, nanobind and scikit-build-core.
+# pytest/hypothesis wheels may travel with the tree in build/gpu_wheels (installed offline).
+set -uo pipefail
+out=${1:?usage: bench/gpu_check.sh OUTDIR}
+mkdir -p "$out"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+python=${PYTHON:-$(command -v python3 || command -v python)}
+status=0
+step() { printf '\n==== %s (%s) ====\n' "$*" "$(date +%T)" | tee -a "$out/steps.log"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/nvidia-smi.txt"
+
+step "offline test dependencies"
+if [ -d build/gpu_wheels ]; then
+  "$python" -m pip install -q --no-index --find-links build/gpu_wheels pytest hypothesis 2>&1 | tail -2
+fi
+
+step "build (CUDA 90a)"
+FASTPAPER_CUDA=ON FASTPAPER_CUDA_ARCHITECTURES=${FASTPAPER_CUDA_ARCHITECTURES:-90a-real} \
+  "$python" -m pip install --no-build-isolation --no-deps -q . > "$out/build.log" 2>&1 \
+  || { status=1; tail -40 "$out/build.log"; }
+"$python" -c "import fastpaper, json; print(json.dumps(fastpaper.info(), indent=1))" \
+  | tee "$out/info.json" || status=1
+
+step "pytest -m cuda"
+(cd tests && timeout 300 "$python" -m pytest -q -m cuda -p no:cacheprovider \
+   --junitxml="$(realpath "$out")/pytest_cuda.xml" . 2>&1) | tee "$out/pytest_cuda.log" | tail -25
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+
+step "benchmarks"
+for fmt in BFP12 BFP16 MXINT8; do
+  timeout 120 "$python" bench/bench_bfp.py --device cuda --format "$fmt" \
+    --json "$out/bench_bfp_${fmt}.json" 2>&1 | tee -a "$out/bench.log" || status=1
+done
+
+step "done (status $status)"
+exit $status
