@@ -7,10 +7,12 @@ The kernels run on torch's current CUDA stream; outputs are allocated by torch.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import _native
-from ._torch import LIB, device_guard, stream_of
+from ._torch import LIB, stream_of
 from .bfp import Format, PackedBFP
 
 _C = _native.load("bfp")
@@ -44,71 +46,120 @@ def _geometry(cols: int, block: int, mantissa_bits: int) -> tuple[int, int]:
 
 
 def _rows(x: torch.Tensor) -> int:
-    return x.numel() // x.shape[-1] if x.shape[-1] else 0
+    return x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+
+
+_NO_GUARD = contextlib.nullcontext()
+
+
+def _launch(t: torch.Tensor):
+    """(device code, stream, context) for a kernel on t's device: CUDA kernels go on torch's
+    current stream of t's device, with that device made current."""
+    if t.device.type == "cuda":
+        return 1, stream_of(t), torch.cuda.device(t.device)
+    if t.device.type != "cpu":
+        raise ValueError(f"tensors must be on the CPU or a CUDA device, got {t.device}")
+    return 0, 0, _NO_GUARD
+
+
+def _code(t: torch.Tensor, name: str) -> int:
+    code = _DTYPE_CODES.get(t.dtype)
+    if code is None:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    return code
+
+
+def _expect(t: torch.Tensor, name: str, shape: tuple, dtype, device) -> None:
+    """Buffers handed to the raw-pointer kernels must be exactly what the format implies."""
+    if (tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device
+            or not t.is_contiguous()):
+        raise ValueError(f"{name}: expected a contiguous {dtype} tensor of shape {tuple(shape)} on "
+                         f"{device}, got {t.dtype} {tuple(t.shape)} on {t.device}"
+                         f"{'' if t.is_contiguous() else ' (non-contiguous)'}")
+
+
+# The kernels below are what the ops run. They take raw data pointers (a DLPack export costs ~7 us
+# per tensor, data_ptr() ~0.4 us), so every buffer is checked here first: the ops can also be
+# called directly through torch.ops.fastpaper.
+
+def _pack_into(x, block, mantissa_bits, element, scale, rounding, seed, mantissas, exponents):
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension")
+    dt = _code(x, "x")
+    x = x.contiguous()
+    mb, nb = _geometry(x.shape[-1], block, mantissa_bits)
+    _expect(mantissas, "mantissas", x.shape[:-1] + (mb,), torch.uint8, x.device)
+    _expect(exponents, "exponents", x.shape[:-1] + (nb,), torch.uint8, x.device)
+    if x.numel():
+        dev, stream, ctx = _launch(x)
+        with ctx:
+            _C.pack_ptr(x.data_ptr(), dt, _rows(x), x.shape[-1], block, mantissa_bits, element,
+                        scale, rounding, seed & 0xFFFFFFFFFFFFFFFF, mantissas.data_ptr(),
+                        exponents.data_ptr(), dev, stream)
+
+
+def _unpack_into(mantissas, exponents, cols, block, mantissa_bits, element, out):
+    if out.dim() == 0 or out.shape[-1] != cols:
+        raise ValueError(f"out: expected last dimension {cols}, got shape {tuple(out.shape)}")
+    code = _code(out, "out")
+    mb, nb = _geometry(cols, block, mantissa_bits)
+    lead = tuple(out.shape[:-1])
+    _expect(mantissas, "mantissas", lead + (mb,), torch.uint8, out.device)
+    _expect(exponents, "exponents", lead + (nb,), torch.uint8, out.device)
+    if not out.is_contiguous():
+        raise ValueError("out must be contiguous")
+    if out.numel():
+        dev, stream, ctx = _launch(out)
+        with ctx:
+            _C.unpack_ptr(mantissas.data_ptr(), exponents.data_ptr(), _rows(out), cols, block,
+                          mantissa_bits, element, out.data_ptr(), code, dev, stream)
+
+
+def _quantize_into(x, block, mantissa_bits, element, scale, rounding, seed, out):
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension")
+    dt = _code(x, "x")
+    x = x.contiguous()
+    code = _code(out, "out")
+    _expect(out, "out", tuple(x.shape), out.dtype, x.device)
+    if x.numel():
+        dev, stream, ctx = _launch(x)
+        with ctx:
+            _C.quantize_ptr(x.data_ptr(), dt, _rows(x), x.shape[-1], block, mantissa_bits, element,
+                            scale, rounding, seed & 0xFFFFFFFFFFFFFFFF, out.data_ptr(), code, dev,
+                            stream)
 
 
 def _pack_kernel(x, block, mantissa_bits, element, scale, rounding, seed):
-    x = x.detach().contiguous()
-    mb, nb = _geometry(x.shape[-1], block, mantissa_bits)
-    m = x.new_empty(x.shape[:-1] + (mb,), dtype=torch.uint8)
-    e = x.new_empty(x.shape[:-1] + (nb,), dtype=torch.uint8)
-    if x.numel():
-        with device_guard(x):
-            _C.pack(x, _rows(x), x.shape[-1], block, mantissa_bits, element, scale, rounding,
-                    seed & 0xFFFFFFFFFFFFFFFF, m, e, stream_of(x))
+    mb, nb = _geometry(x.shape[-1], block, mantissa_bits) if x.dim() else (0, 0)
+    m = torch.empty(x.shape[:-1] + (mb,), dtype=torch.uint8, device=x.device)
+    e = torch.empty(x.shape[:-1] + (nb,), dtype=torch.uint8, device=x.device)
+    _pack_into(x, block, mantissa_bits, element, scale, rounding, seed, m, e)
     return m, e
 
 
 def _unpack_kernel(mantissas, exponents, cols, block, mantissa_bits, element, dtype):
-    mantissas, exponents = mantissas.detach().contiguous(), exponents.detach().contiguous()
-    out = mantissas.new_empty(mantissas.shape[:-1] + (cols,), dtype=_CODE_DTYPES[dtype])
-    if out.numel():
-        with device_guard(out):
-            _C.unpack(mantissas, exponents, _rows(out), cols, block, mantissa_bits, element, out,
-                      stream_of(out))
+    if dtype not in _CODE_DTYPES:
+        raise ValueError(f"dtype code must be one of {sorted(_CODE_DTYPES)}, got {dtype}")
+    out = torch.empty(mantissas.shape[:-1] + (cols,), dtype=_CODE_DTYPES[dtype],
+                      device=mantissas.device)
+    _unpack_into(mantissas, exponents, cols, block, mantissa_bits, element, out)
     return out
 
 
 def _quantize_kernel(x, block, mantissa_bits, element, scale, rounding, seed):
-    x = x.detach().contiguous()
-    out = torch.empty_like(x)
-    if x.numel():
-        with device_guard(x):
-            _C.quantize(x, _rows(x), x.shape[-1], block, mantissa_bits, element, scale, rounding,
-                        seed & 0xFFFFFFFFFFFFFFFF, out, stream_of(x))
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _quantize_into(x, block, mantissa_bits, element, scale, rounding, seed, out)
     return out
-
-
-def _pack_out_kernel(x, block, mantissa_bits, element, scale, rounding, seed, mantissas, exponents):
-    x = x.detach().contiguous()
-    if x.numel():
-        with device_guard(x):
-            _C.pack(x, _rows(x), x.shape[-1], block, mantissa_bits, element, scale, rounding,
-                    seed & 0xFFFFFFFFFFFFFFFF, mantissas.detach(), exponents.detach(), stream_of(x))
-
-
-def _unpack_out_kernel(mantissas, exponents, cols, block, mantissa_bits, element, out):
-    if out.numel():
-        with device_guard(out):
-            _C.unpack(mantissas.detach().contiguous(), exponents.detach().contiguous(), _rows(out),
-                      cols, block, mantissa_bits, element, out.detach(), stream_of(out))
-
-
-def _quantize_out_kernel(x, block, mantissa_bits, element, scale, rounding, seed, out):
-    x = x.detach().contiguous()
-    if x.numel():
-        with device_guard(x):
-            _C.quantize(x, _rows(x), x.shape[-1], block, mantissa_bits, element, scale, rounding,
-                        seed & 0xFFFFFFFFFFFFFFFF, out.detach(), stream_of(x))
 
 
 for _device in ("CPU", "CUDA"):
     LIB.impl("bfp_pack", _pack_kernel, _device)
     LIB.impl("bfp_unpack", _unpack_kernel, _device)
     LIB.impl("bfp_quantize", _quantize_kernel, _device)
-    LIB.impl("bfp_pack_out", _pack_out_kernel, _device)
-    LIB.impl("bfp_unpack_out", _unpack_out_kernel, _device)
-    LIB.impl("bfp_quantize_out", _quantize_out_kernel, _device)
+    LIB.impl("bfp_pack_out", _pack_into, _device)
+    LIB.impl("bfp_unpack_out", _unpack_into, _device)
+    LIB.impl("bfp_quantize_out", _quantize_into, _device)
 
 
 @torch.library.register_fake("fastpaper::bfp_pack_out", lib=LIB)
@@ -236,7 +287,12 @@ def quantize(x: torch.Tensor, fmt: Format, scale: int, rounding: int, seed: int,
              out: "torch.Tensor | None" = None) -> torch.Tensor:
     _check_x(x)
     if out is None:
-        return torch.ops.fastpaper.bfp_quantize(x, *fmt._args(), scale, rounding, _signed64(seed))
+        if x.requires_grad and torch.is_grad_enabled():
+            return torch.ops.fastpaper.bfp_quantize(x, *fmt._args(), scale, rounding, _signed64(seed))
+        # no gradient needed: skip the autograd kernel (tens of microseconds per call)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        torch.ops.fastpaper.bfp_quantize_out(x, *fmt._args(), scale, rounding, _signed64(seed), out)
+        return out
     if not isinstance(out, torch.Tensor):
         raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
     if out.dtype not in _DTYPES:
