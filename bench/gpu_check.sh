@@ -3,7 +3,8 @@
 # run the CUDA tests, run the GPU benchmarks, and leave logs and JSON in OUTDIR.
 #   bash bench/gpu_check.sh OUTDIR
 # The machine is expected to have torch, nvcc, CMake, ninja, nanobind and scikit-build-core.
-# pytest/hypothesis wheels may travel with the tree in build/gpu_wheels (installed offline).
+# pytest/hypothesis may be missing there: prepare them here first (they travel as an ignored path):
+#   pip download --only-binary=:all: --python-version 3.12 -d build/gpu_wheels pytest hypothesis
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR}
 mkdir -p "$out"
