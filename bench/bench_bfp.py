@@ -188,6 +188,25 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def per_call_latency(fmt_name: str, device: torch.device, calls: int = 2000) -> list[dict]:
+    """Microseconds per call on a tiny [1, 64] tensor: the fixed cost of the Python layer, the
+    torch dispatcher and the native call, next to torch's own clone() of the same tensor."""
+    fmt = FORMATS[fmt_name]
+    x = torch.randn(1, 64, device=device)
+    packed = fbfp.pack(x, fmt)
+    out = torch.empty_like(x)
+    cases = [("torch clone", lambda: x.clone()),
+             ("pack", lambda: fbfp.pack(x, fmt)),
+             ("unpack", lambda: fbfp.unpack(packed)),
+             ("quantize", lambda: fbfp.quantize(x, fmt)),
+             ("quantize out=", lambda: fbfp.quantize(x, fmt, out=out))]
+    rows = []
+    for name, fn in cases:
+        ms = time_ms(lambda: [fn() for _ in range(calls)], device, 1, 3)
+        rows.append({"op": name, "us_per_call": 1e3 * ms / calls})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--format", choices=sorted(FORMATS), default="BFP12")
@@ -231,6 +250,9 @@ def main(argv=None) -> int:
 
     result = run(args.format, args.dtype, device, numel, args.cols, args.scale, warmup, repeats)
     print(format_table(result))
+    result["per_call_latency"] = per_call_latency(args.format, device)
+    print("\nper-call latency on a [1, 64] float32 tensor (us): " + ", ".join(
+        f"{r['op']} {r['us_per_call']:.1f}" for r in result["per_call_latency"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
