@@ -1,0 +1,76 @@
+// fastpaper._pararnn: nanobind wrapper of fastpaper/pararnn.h. The output is allocated by the
+// caller (torch) and passed in; CUDA work is enqueued on the stream passed as an integer.
+#include "fastpaper/pararnn.h"
+
+#include <string>
+
+#include "bindings/common.h"
+
+namespace nb = nanobind;
+using namespace fastpaper;
+using fastpaper::bindings::Array;
+
+namespace {
+
+// 32 for float32, 64 for float64, raising TypeError naming the argument otherwise.
+int float_bits_of(const Array& a, const char* name) {
+  const auto d = a.dtype();
+  if (d.lanes == 1 && d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) &&
+      (d.bits == 32 || d.bits == 64)) {
+    return d.bits;
+  }
+  throw nb::type_error((std::string(name) + ": expected float32 or float64 data").c_str());
+}
+
+void linear_scan(Array J, Array r, nb::object h0_obj, Array h, int64_t batch, int64_t time,
+                 int64_t channels, int32_t block, bool reverse, uintptr_t stream) {
+  const int bits = float_bits_of(r, "r");
+  const Device dev = bindings::device_of(r, "r");
+  if (block < 1) throw nb::value_error("block must be >= 1");
+  const int64_t n = bindings::checked_mul(bindings::checked_mul(batch, time, "r"), channels, "r");
+  bindings::check_size(r, "r", n);
+  bindings::check_size(h, "h", n);
+  bindings::check_size(J, "J", bindings::checked_mul(n, block, "J"));
+  const Array* arrays[] = {&J, &h};
+  const char* names[] = {"J", "h"};
+  for (int i = 0; i < 2; ++i) {
+    if (float_bits_of(*arrays[i], names[i]) != bits) {
+      throw nb::type_error((std::string(names[i]) + " must have the same dtype as r").c_str());
+    }
+    bindings::check_same_device(r, "r", *arrays[i], names[i]);
+  }
+  const void* h0 = nullptr;
+  if (!h0_obj.is_none()) {
+    Array h0a = nb::cast<Array>(h0_obj);
+    if (float_bits_of(h0a, "h0") != bits) throw nb::type_error("h0 must have the same dtype as r");
+    bindings::check_same_device(r, "r", h0a, "h0");
+    bindings::check_size(h0a, "h0", bindings::checked_mul(batch, channels, "h0"));
+    h0 = h0a.data();
+  }
+  Status s;
+  {
+    nb::gil_scoped_release release;
+    void* st = reinterpret_cast<void*>(stream);
+    if (bits == 32) {
+      s = pararnn::linear_scan(static_cast<const float*>(J.data()), static_cast<const float*>(r.data()),
+                               static_cast<const float*>(h0), static_cast<float*>(h.data()), batch,
+                               time, channels, block, reverse, dev, st);
+    } else {
+      s = pararnn::linear_scan(static_cast<const double*>(J.data()), static_cast<const double*>(r.data()),
+                               static_cast<const double*>(h0), static_cast<double*>(h.data()), batch,
+                               time, channels, block, reverse, dev, st);
+    }
+  }
+  bindings::raise_if_failed(s);
+}
+
+}  // namespace
+
+NB_MODULE(_pararnn, m) {
+  m.doc() = "Native ParaRNN linear scan (see fastpaper.pararnn for the documented Python API).";
+  m.def("linear_scan", &linear_scan, nb::arg("J").noconvert(), nb::arg("r").noconvert(),
+        nb::arg("h0").none(), nb::arg("h").noconvert(), nb::arg("batch"), nb::arg("time"),
+        nb::arg("channels"), nb::arg("block"), nb::arg("reverse"), nb::arg("stream") = 0);
+  m.attr("MAX_BLOCK_CPU") = pararnn::kMaxBlockCpu;
+  m.attr("MAX_BLOCK_CUDA") = pararnn::kMaxBlockCuda;
+}

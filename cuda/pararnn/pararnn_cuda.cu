@@ -1,0 +1,158 @@
+// CUDA kernel of the ParaRNN linear scan h_t = J_t h_{t-1} + r_t (or its reverse), in the native
+// [B, T, N] layout (no transposes).
+//
+// Work split: a CTA of 32 x kWarps threads owns 32 consecutive channel groups (lane = group, so a
+// warp's loads of one time step are contiguous) of one batch element, and walks its time axis in
+// segments of kWarps * L steps (L = steps per thread, up to kMaxChunk). Within a segment warp w
+// owns the time chunk [w L, (w + 1) L):
+//   1. each thread composes the affine maps of its chunk, (A, b) = (J_s, r_s) o ... o (J_1, r_1),
+//      in registers and stores it to shared memory;
+//   2. each thread applies the maps of the chunks before its own to the segment carry (at most
+//      kWarps - 1 small matrix-vector products), which gives its chunk's initial state, and all
+//      kWarps maps to get the carry into the next segment;
+//   3. each thread re-runs its chunk from that state, writing h (the second read of J and r comes
+//      from L1/L2).
+// One pass over the sequence, no host synchronization, any T; the CTAs of different channel
+// groups and batch elements are independent (grid = batch x ceil(groups / 32)). The step math is
+// fastpaper/detail/pararnn_scan.h, shared with the CPU kernel.
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "core/error.h"
+#include "fastpaper/detail/pararnn_scan.h"
+#include "pararnn/pararnn_backends.h"
+
+namespace fastpaper::pararnn::cuda {
+namespace {
+
+using namespace fastpaper::pararnn::detail;
+
+constexpr int kLanes = 32;
+constexpr int kWarps = 8;
+constexpr int kMaxChunk = 16;
+
+struct Geometry {
+  int64_t time, channels, groups, tiles;
+  int chunk;  // time steps per thread per segment
+  bool reverse;
+};
+
+template <int K, typename T>
+__global__ void __launch_bounds__(kLanes * kWarps)
+scan_kernel(const T* __restrict__ J, const T* r, const T* __restrict__ h0, T* h, Geometry geo) {
+  __shared__ T smA[kWarps][kLanes][K * K];
+  __shared__ T smb[kWarps][kLanes][K];
+  const int lane = threadIdx.x, w = threadIdx.y;
+  const int64_t b = blockIdx.x / geo.tiles;
+  const int64_t g = (blockIdx.x % geo.tiles) * kLanes + lane;
+  const bool active = g < geo.groups;
+
+  T carry[K];
+#pragma unroll
+  for (int i = 0; i < K; ++i) carry[i] = (active && h0) ? h0[b * geo.channels + g * K + i] : T(0);
+
+  const int64_t seg_len = static_cast<int64_t>(kWarps) * geo.chunk;
+  for (int64_t seg0 = 0; seg0 < geo.time; seg0 += seg_len) {
+    const int64_t s0 = seg0 + static_cast<int64_t>(w) * geo.chunk;
+    const int64_t s1 = s0 + geo.chunk < geo.time ? s0 + geo.chunk : geo.time;
+
+    // 1. this thread's chunk map (identity for a chunk past the end)
+    T A[K * K], bv[K];
+    affine_identity<K>(A, bv);
+    if (active) {
+      for (int64_t step = s0; step < s1; ++step) {
+        const int64_t t = geo.reverse ? geo.time - 1 - step : step;
+        const int64_t bt = b * geo.time + t;
+        affine_compose_after<K>(J + (bt * geo.groups + g) * K * K, r + bt * geo.channels + g * K,
+                                A, bv);
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < K * K; ++e) smA[w][lane][e] = A[e];
+#pragma unroll
+    for (int i = 0; i < K; ++i) smb[w][lane][i] = bv[i];
+    __syncthreads();
+
+    // 2. state entering this chunk, and the carry into the next segment
+    T state[K];
+    for (int v = 0; v < kWarps; ++v) {
+      if (v == w) {
+#pragma unroll
+        for (int i = 0; i < K; ++i) state[i] = carry[i];
+      }
+      affine_apply<K>(&smA[v][lane][0], &smb[v][lane][0], carry);
+    }
+    __syncthreads();  // shared memory is rewritten by the next segment
+
+    // 3. re-run the chunk from its true initial state
+    if (active) {
+      for (int64_t step = s0; step < s1; ++step) {
+        const int64_t t = geo.reverse ? geo.time - 1 - step : step;
+        const int64_t bt = b * geo.time + t;
+        const int64_t off = bt * geo.channels + g * K;
+        affine_apply<K>(J + (bt * geo.groups + g) * K * K, r + off, state);
+#pragma unroll
+        for (int i = 0; i < K; ++i) h[off + i] = state[i];
+      }
+    }
+  }
+}
+
+Status launched(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) {
+    return fastpaper::detail::fail(Status::cuda_error,
+                                   std::string(what) + ": " + cudaGetErrorString(err));
+  }
+  return Status::ok;
+}
+
+template <int K, typename T>
+void launch(const T* J, const T* r, const T* h0, T* h, const ScanShape& s, cudaStream_t stream) {
+  Geometry geo;
+  geo.time = s.time;
+  geo.channels = s.channels;
+  geo.groups = s.channels / K;
+  geo.tiles = (geo.groups + kLanes - 1) / kLanes;
+  const int64_t per_warp = (s.time + kWarps - 1) / kWarps;
+  geo.chunk = static_cast<int>(per_warp < kMaxChunk ? per_warp : kMaxChunk);
+  geo.reverse = s.reverse;
+  const dim3 block(kLanes, kWarps);
+  const int64_t grid = s.batch * geo.tiles;
+  scan_kernel<K, T><<<static_cast<unsigned>(grid), block, 0, stream>>>(J, r, h0, h, geo);
+}
+
+template <typename T>
+Status dispatch(const T* J, const T* r, const T* h0, T* h, const ScanShape& s, void* stream) {
+  // one CTA per (batch element, 32 groups): gridDim.x is limited to 2^31 - 1
+  const int64_t tiles = (s.channels / s.block + kLanes - 1) / kLanes;
+  if (s.batch > (int64_t{1} << 31) / tiles - 1) {
+    return fastpaper::detail::fail(Status::invalid_argument,
+                                   "pararnn::linear_scan: batch x channel tiles exceeds the CUDA "
+                                   "grid limit (2^31 - 1 blocks)");
+  }
+  cudaStream_t st = static_cast<cudaStream_t>(stream);
+  switch (s.block) {
+    case 1: launch<1>(J, r, h0, h, s, st); break;
+    case 2: launch<2>(J, r, h0, h, s, st); break;
+    case 3: launch<3>(J, r, h0, h, s, st); break;
+    case 4: launch<4>(J, r, h0, h, s, st); break;
+    default: return fastpaper::detail::fail(Status::invalid_argument, "block must be in [1, 4] on CUDA");
+  }
+  return launched("pararnn::linear_scan");
+}
+
+}  // namespace
+
+Status linear_scan(const float* J, const float* r, const float* h0, float* h, const ScanShape& s,
+                   void* stream) {
+  return dispatch(J, r, h0, h, s, stream);
+}
+
+Status linear_scan(const double* J, const double* r, const double* h0, double* h,
+                   const ScanShape& s, void* stream) {
+  return dispatch(J, r, h0, h, s, stream);
+}
+
+}  // namespace fastpaper::pararnn::cuda
