@@ -157,20 +157,21 @@ def jacobian(step_fn: Callable, h_prev: torch.Tensor, x: torch.Tensor, params: S
     ``structure="diag"``: J is ``[M, N]``, computed by one forward-mode JVP with the all-ones
     tangent, which returns the row sums of df/dh; they equal the diagonal exactly when the cell's
     Jacobian is diagonal (each output depends only on its own channel), which is what "diag"
-    declares. ``structure="block"``: J is ``[M, N/k, k, k]``, from k JVPs (vmapped) with the
-    tangents ``e_j`` repeated in every group: JVP j returns column j of every block.
+    declares. ``structure="block"``: J is ``[M, N/k, k, k]``, from k JVPs with the tangents
+    ``e_j`` repeated in every group: JVP j returns column j of every block (exact when the
+    Jacobian is block-diagonal).
     """
     fn = lambda h: step_fn(h, x, params)  # noqa: E731
     if structure == "diag":
         f, jd = torch.func.jvp(fn, (h_prev,), (torch.ones_like(h_prev),))
         return f, jd
     m, n = h_prev.shape
-    k, g = block_size, n // block_size
-    basis = torch.eye(k, dtype=h_prev.dtype, device=h_prev.device).repeat(1, g)  # [k, N]
+    k = block_size
+    basis = torch.eye(k, dtype=h_prev.dtype, device=h_prev.device).repeat(1, n // k)  # [k, N]
     tangents = basis.unsqueeze(1).expand(k, m, n)
-    f = fn(h_prev)
-    cols = torch.func.vmap(lambda v: torch.func.jvp(fn, (h_prev,), (v,))[1])(tangents)
-    return f, cols.reshape(k, m, g, k).permute(1, 2, 3, 0)
+    # one vmapped JVP per basis tangent; cols[j][:, g*k + i] = J_g[i, j]
+    f, cols = torch.func.vmap(lambda v: torch.func.jvp(fn, (h_prev,), (v,)), out_dims=(None, 0))(tangents)
+    return f, cols.permute(1, 2, 0).reshape(m, n // k, k, k)
 
 
 def _shift(h: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
