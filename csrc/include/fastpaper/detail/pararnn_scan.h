@@ -13,9 +13,9 @@
 
 #include "fastpaper/detail/host_device.h"
 
-// K is a compile-time constant: nvcc is told to unroll; host compilers unroll such loops unasked
-// (and GCC would warn about an unknown `#pragma unroll`).
-#if defined(__CUDACC__)
+// K is a compile-time constant: nvcc's device pass is told to unroll; host compilers unroll such
+// loops unasked (and GCC would warn about an unknown `#pragma unroll`, also in nvcc's host pass).
+#if defined(__CUDA_ARCH__)
 #  define FP_SCAN_UNROLL _Pragma("unroll")
 #else
 #  define FP_SCAN_UNROLL
