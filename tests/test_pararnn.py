@@ -496,3 +496,14 @@ def test_cuda_modules_match_cpu():
         y_cpu = m(x)[0]
         y_gpu = m.cuda()(x.cuda())[0]
         torch.testing.assert_close(y_gpu.cpu(), y_cpu, rtol=0, atol=1e-10)
+
+
+def test_demo_section_small():
+    from fastpaper import demo
+
+    (result,) = demo.run(demo.DemoConfig(small=True), ["pararnn"])
+    cells, scan = result["tables"]
+    assert {r["cell"] for r in cells["rows"]} == {"ParaGRU", "ParaLSTM"}
+    assert all(r["converged"] == "True" and r["max_abs_diff"] < 1e-4 for r in cells["rows"])
+    assert scan["rows"][0]["max_abs_diff"] < 1e-4
+    assert "ParaRNN" in demo.format_section(result)
