@@ -1,5 +1,5 @@
 """Property tests of the ParaRNN scan: arbitrary shapes (including empty ones), block sizes 1..8,
-both directions, with and without h0, float32/float64, and non-finite values, against the
+both directions, with and without h0, float64/float32/float16/bfloat16, and non-finite values, against the
 sequential float64 recurrence; malformed shapes raise ValueError/TypeError, never crash."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def problems(draw):
     b = draw(st.integers(0, 3))
     t = draw(st.integers(0, 300))
     n = k * draw(st.integers(0, 20 if k == 1 else 6))
-    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]))
     seed = draw(st.integers(0, 2**31 - 1))
     g = torch.Generator().manual_seed(seed)
     jshape = (b, t, n) if k == 1 else (b, t, n // k, k, k)
@@ -40,6 +40,12 @@ def test_scan_matches_reference(p):
     k, J, r, h0, reverse = p
     h = pararnn.linear_scan(J, r, h0, "diag" if k == 1 else "block", reverse)
     assert h.shape == r.shape and h.dtype == r.dtype
+    if r.dtype in (torch.float16, torch.bfloat16):
+        # 16-bit storage, float32 arithmetic: identical to the float32 scan rounded once
+        up = [None if a is None else a.float() for a in (J, r, h0)]
+        expect = pararnn.linear_scan(*up, "diag" if k == 1 else "block", reverse).to(r.dtype)
+        torch.testing.assert_close(h, expect, rtol=0, atol=0, equal_nan=True)
+        return
     ref = reference_scan(J, r, h0, k, reverse)
     tol = 1e-12 if r.dtype == torch.float64 else 1e-4
     torch.testing.assert_close(h.double(), ref, rtol=tol, atol=tol, equal_nan=True)

@@ -12,19 +12,33 @@ using fastpaper::bindings::Array;
 
 namespace {
 
-// 32 for float32, 64 for float64, raising TypeError naming the argument otherwise.
-int float_bits_of(const Array& a, const char* name) {
+// The element type of a, raising TypeError naming the argument for anything but float64,
+// float32, float16 or bfloat16. float64 is reported as `is_double` (DType has no float64).
+struct Elem {
+  bool is_double;
+  DType dtype;
+  bool operator!=(const Elem& o) const { return is_double != o.is_double || dtype != o.dtype; }
+};
+
+Elem elem_of(const Array& a, const char* name) {
   const auto d = a.dtype();
-  if (d.lanes == 1 && d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) &&
-      (d.bits == 32 || d.bits == 64)) {
-    return d.bits;
+  if (d.lanes == 1 && d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && d.bits == 64) {
+    return {true, DType::float32};
   }
-  throw nb::type_error((std::string(name) + ": expected float32 or float64 data").c_str());
+  const bool half = d.lanes == 1 && d.bits == 16 &&
+                    (d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) ||
+                     d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat));
+  const bool single = d.lanes == 1 && d.bits == 32 &&
+                      d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float);
+  if (!half && !single) {
+    throw nb::type_error((std::string(name) + ": expected float64, float32, float16 or bfloat16 data").c_str());
+  }
+  return {false, bindings::float_dtype_of(a, name)};
 }
 
 void linear_scan(Array J, Array r, nb::object h0_obj, Array h, int64_t batch, int64_t time,
                  int64_t channels, int32_t block, bool reverse, uintptr_t stream) {
-  const int bits = float_bits_of(r, "r");
+  const Elem el = elem_of(r, "r");
   const Device dev = bindings::device_of(r, "r");
   if (block < 1) throw nb::value_error("block must be >= 1");
   const int64_t n = bindings::checked_mul(bindings::checked_mul(batch, time, "r"), channels, "r");
@@ -34,7 +48,7 @@ void linear_scan(Array J, Array r, nb::object h0_obj, Array h, int64_t batch, in
   const Array* arrays[] = {&J, &h};
   const char* names[] = {"J", "h"};
   for (int i = 0; i < 2; ++i) {
-    if (float_bits_of(*arrays[i], names[i]) != bits) {
+    if (elem_of(*arrays[i], names[i]) != el) {
       throw nb::type_error((std::string(names[i]) + " must have the same dtype as r").c_str());
     }
     bindings::check_same_device(r, "r", *arrays[i], names[i]);
@@ -42,7 +56,7 @@ void linear_scan(Array J, Array r, nb::object h0_obj, Array h, int64_t batch, in
   const void* h0 = nullptr;
   if (!h0_obj.is_none()) {
     Array h0a = nb::cast<Array>(h0_obj);
-    if (float_bits_of(h0a, "h0") != bits) throw nb::type_error("h0 must have the same dtype as r");
+    if (elem_of(h0a, "h0") != el) throw nb::type_error("h0 must have the same dtype as r");
     bindings::check_same_device(r, "r", h0a, "h0");
     bindings::check_size(h0a, "h0", bindings::checked_mul(batch, channels, "h0"));
     h0 = h0a.data();
@@ -51,10 +65,9 @@ void linear_scan(Array J, Array r, nb::object h0_obj, Array h, int64_t batch, in
   {
     nb::gil_scoped_release release;
     void* st = reinterpret_cast<void*>(stream);
-    if (bits == 32) {
-      s = pararnn::linear_scan(static_cast<const float*>(J.data()), static_cast<const float*>(r.data()),
-                               static_cast<const float*>(h0), static_cast<float*>(h.data()), batch,
-                               time, channels, block, reverse, dev, st);
+    if (!el.is_double) {
+      s = pararnn::linear_scan(J.data(), r.data(), h0, h.data(), el.dtype, batch, time, channels,
+                               block, reverse, dev, st);
     } else {
       s = pararnn::linear_scan(static_cast<const double*>(J.data()), static_cast<const double*>(r.data()),
                                static_cast<const double*>(h0), static_cast<double*>(h.data()), batch,

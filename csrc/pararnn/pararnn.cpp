@@ -54,8 +54,8 @@ Status check_call(const void* J, const void* r, const void* h, int64_t batch, in
   return fastpaper::detail::succeed();
 }
 
-template <typename T>
-Status scan(const T* J, const T* r, const T* h0, T* h, int64_t batch, int64_t time,
+template <typename S>
+Status scan(const S* J, const S* r, const S* h0, S* h, int64_t batch, int64_t time,
             int64_t channels, int32_t block, bool reverse, Device device, void* stream) {
   if (Status s = check_call(J, r, h, batch, time, channels, block, device);
       s != Status::ok || batch == 0 || time == 0 || channels == 0) {
@@ -81,15 +81,42 @@ Status linear_scan(const double* J, const double* r, const double* h0, double* h
   return scan(J, r, h0, h, batch, time, channels, block, reverse, device, stream);
 }
 
+Status linear_scan(const void* J, const void* r, const void* h0, void* h, DType dtype,
+                   int64_t batch, int64_t time, int64_t channels, int32_t block, bool reverse,
+                   Device device, void* stream) {
+  using detail::bf16_bits;
+  using detail::half_bits;
+  switch (dtype) {
+    case DType::float32:
+      return scan(static_cast<const float*>(J), static_cast<const float*>(r),
+                  static_cast<const float*>(h0), static_cast<float*>(h), batch, time, channels,
+                  block, reverse, device, stream);
+    case DType::float16:
+      return scan(static_cast<const half_bits*>(J), static_cast<const half_bits*>(r),
+                  static_cast<const half_bits*>(h0), static_cast<half_bits*>(h), batch, time,
+                  channels, block, reverse, device, stream);
+    case DType::bfloat16:
+      return scan(static_cast<const bf16_bits*>(J), static_cast<const bf16_bits*>(r),
+                  static_cast<const bf16_bits*>(h0), static_cast<bf16_bits*>(h), batch, time,
+                  channels, block, reverse, device, stream);
+  }
+  return fail(Status::invalid_argument, "dtype must be float32, float16 or bfloat16");
+}
+
 #if !FASTPAPER_HAS_CUDA
 // CPU-only build: the CUDA entry points exist so the dispatcher links; check_call already refused.
 namespace cuda {
-Status linear_scan(const float*, const float*, const float*, float*, const ScanShape&, void*) {
+template <typename S>
+Status linear_scan(const S*, const S*, const S*, S*, const ScanShape&, void*) {
   return Status::not_built_with_cuda;
 }
-Status linear_scan(const double*, const double*, const double*, double*, const ScanShape&, void*) {
-  return Status::not_built_with_cuda;
-}
+template Status linear_scan(const float*, const float*, const float*, float*, const ScanShape&, void*);
+template Status linear_scan(const double*, const double*, const double*, double*, const ScanShape&,
+                            void*);
+template Status linear_scan(const detail::half_bits*, const detail::half_bits*,
+                            const detail::half_bits*, detail::half_bits*, const ScanShape&, void*);
+template Status linear_scan(const detail::bf16_bits*, const detail::bf16_bits*,
+                            const detail::bf16_bits*, detail::bf16_bits*, const ScanShape&, void*);
 }  // namespace cuda
 #endif
 

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "fastpaper/detail/pararnn_scan.h"
 #include "fastpaper/pararnn.h"
 
 namespace fastpaper::pararnn {
@@ -14,16 +15,15 @@ struct ScanShape {
   bool reverse;
 };
 
+// S: float, double, detail::half_bits or detail::bf16_bits (explicitly instantiated).
 namespace cpu {
-void linear_scan(const float* J, const float* r, const float* h0, float* h, const ScanShape& s);
-void linear_scan(const double* J, const double* r, const double* h0, double* h, const ScanShape& s);
+template <typename S>
+void linear_scan(const S* J, const S* r, const S* h0, S* h, const ScanShape& s);
 }  // namespace cpu
 
 namespace cuda {
-Status linear_scan(const float* J, const float* r, const float* h0, float* h, const ScanShape& s,
-                   void* stream);
-Status linear_scan(const double* J, const double* r, const double* h0, double* h,
-                   const ScanShape& s, void* stream);
+template <typename S>
+Status linear_scan(const S* J, const S* r, const S* h0, S* h, const ScanShape& s, void* stream);
 }  // namespace cuda
 
 }  // namespace fastpaper::pararnn

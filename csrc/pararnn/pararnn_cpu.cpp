@@ -39,19 +39,20 @@ int max_threads() {
 #endif
 }
 
-template <int K, typename T>
+template <int K, typename S>
 struct Scanner {
-  const T* J;
-  const T* r;
-  const T* h0;
-  T* h;
+  using T = typename Io<S>::T;  // compute type
+  const S* J;
+  const S* r;
+  const S* h0;
+  S* h;
   ScanShape s;
   int64_t groups;         // channels / K
   int64_t tile_groups;    // groups per unit
   int64_t tiles;          // units per batch element
 
   int64_t phys(int64_t step) const { return s.reverse ? s.time - 1 - step : step; }
-  const T* J_at(int64_t b, int64_t t, int64_t g) const {
+  const S* J_at(int64_t b, int64_t t, int64_t g) const {
     return J + ((b * s.time + t) * groups + g) * K * K;
   }
   int64_t vec_at(int64_t b, int64_t t, int64_t g) const { return (b * s.time + t) * s.channels + g * K; }
@@ -61,28 +62,30 @@ struct Scanner {
 
   // state[0 .. n*K) <- h0 of the unit's groups (zeros without h0).
   void initial_state(int64_t b, int64_t g0, int64_t n, T* state) const {
-    for (int64_t i = 0; i < n * K; ++i) state[i] = h0 ? h0[b * s.channels + g0 * K + i] : T(0);
+    for (int64_t i = 0; i < n * K; ++i) {
+      state[i] = h0 ? Io<S>::load(h0[b * s.channels + g0 * K + i]) : T(0);
+    }
   }
 
   // Runs steps [s0, s1) of groups [g0, g0 + n) from `state`, writing h; state ends at step s1 - 1.
   void run(int64_t b, int64_t s0, int64_t s1, int64_t g0, int64_t n, T* state) const {
     for (int64_t step = s0; step < s1; ++step) {
       const int64_t t = phys(step);
-      const T* Jp = J_at(b, t, g0);
+      const S* Jp = J_at(b, t, g0);
       const int64_t off = vec_at(b, t, g0);
-      const T* rp = r + off;
-      T* hp = h + off;
+      const S* rp = r + off;
+      S* hp = h + off;
       if constexpr (K == 1) {
         // h may alias r: each element is read before it is written
         for (int64_t i = 0; i < n; ++i) {
-          const T v = Jp[i] * state[i] + rp[i];
+          const T v = Io<S>::load(Jp[i]) * state[i] + Io<S>::load(rp[i]);
           state[i] = v;
-          hp[i] = v;
+          hp[i] = Io<S>::store(v);
         }
       } else {
         for (int64_t g = 0; g < n; ++g) {
           affine_apply<K>(Jp + g * K * K, rp + g * K, state + g * K);
-          for (int i = 0; i < K; ++i) hp[g * K + i] = state[g * K + i];
+          for (int i = 0; i < K; ++i) hp[g * K + i] = Io<S>::store(state[g * K + i]);
         }
       }
     }
@@ -93,12 +96,13 @@ struct Scanner {
     for (int64_t g = 0; g < n; ++g) affine_identity<K>(A + g * K * K, bv + g * K);
     for (int64_t step = s0; step < s1; ++step) {
       const int64_t t = phys(step);
-      const T* Jp = J_at(b, t, g0);
-      const T* rp = r + vec_at(b, t, g0);
+      const S* Jp = J_at(b, t, g0);
+      const S* rp = r + vec_at(b, t, g0);
       if constexpr (K == 1) {
         for (int64_t i = 0; i < n; ++i) {
-          A[i] = Jp[i] * A[i];
-          bv[i] = Jp[i] * bv[i] + rp[i];
+          const T j = Io<S>::load(Jp[i]);
+          A[i] = j * A[i];
+          bv[i] = j * bv[i] + Io<S>::load(rp[i]);
         }
       } else {
         for (int64_t g = 0; g < n; ++g) {
@@ -109,9 +113,10 @@ struct Scanner {
   }
 };
 
-template <int K, typename T>
-void scan(const T* J, const T* r, const T* h0, T* h, const ScanShape& s) {
-  Scanner<K, T> sc;
+template <int K, typename S>
+void scan(const S* J, const S* r, const S* h0, S* h, const ScanShape& s) {
+  using T = typename Io<S>::T;
+  Scanner<K, S> sc;
   sc.J = J;
   sc.r = r;
   sc.h0 = h0;
@@ -194,8 +199,10 @@ void scan(const T* J, const T* r, const T* h0, T* h, const ScanShape& s) {
   }
 }
 
-template <typename T>
-void dispatch(const T* J, const T* r, const T* h0, T* h, const ScanShape& s) {
+}  // namespace
+
+template <typename S>
+void linear_scan(const S* J, const S* r, const S* h0, S* h, const ScanShape& s) {
   switch (s.block) {
     case 1: return scan<1>(J, r, h0, h, s);
     case 2: return scan<2>(J, r, h0, h, s);
@@ -209,14 +216,11 @@ void dispatch(const T* J, const T* r, const T* h0, T* h, const ScanShape& s) {
   }
 }
 
-}  // namespace
-
-void linear_scan(const float* J, const float* r, const float* h0, float* h, const ScanShape& s) {
-  dispatch(J, r, h0, h, s);
-}
-
-void linear_scan(const double* J, const double* r, const double* h0, double* h, const ScanShape& s) {
-  dispatch(J, r, h0, h, s);
-}
+template void linear_scan(const float*, const float*, const float*, float*, const ScanShape&);
+template void linear_scan(const double*, const double*, const double*, double*, const ScanShape&);
+template void linear_scan(const half_bits*, const half_bits*, const half_bits*, half_bits*,
+                          const ScanShape&);
+template void linear_scan(const bf16_bits*, const bf16_bits*, const bf16_bits*, bf16_bits*,
+                          const ScanShape&);
 
 }  // namespace fastpaper::pararnn::cpu

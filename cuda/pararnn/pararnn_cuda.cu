@@ -38,9 +38,10 @@ struct Geometry {
   bool reverse;
 };
 
-template <int K, typename T>
+template <int K, typename S>
 __global__ void __launch_bounds__(kLanes * kWarps)
-scan_kernel(const T* __restrict__ J, const T* r, const T* __restrict__ h0, T* h, Geometry geo) {
+scan_kernel(const S* __restrict__ J, const S* r, const S* __restrict__ h0, S* h, Geometry geo) {
+  using T = typename Io<S>::T;  // compute type (float for 16-bit storage)
   __shared__ T smA[kWarps][kLanes][K * K];
   __shared__ T smb[kWarps][kLanes][K];
   const int lane = threadIdx.x, w = threadIdx.y;
@@ -50,7 +51,9 @@ scan_kernel(const T* __restrict__ J, const T* r, const T* __restrict__ h0, T* h,
 
   T carry[K];
 #pragma unroll
-  for (int i = 0; i < K; ++i) carry[i] = (active && h0) ? h0[b * geo.channels + g * K + i] : T(0);
+  for (int i = 0; i < K; ++i) {
+    carry[i] = (active && h0) ? Io<S>::load(h0[b * geo.channels + g * K + i]) : T(0);
+  }
 
   const int64_t seg_len = static_cast<int64_t>(kWarps) * geo.chunk;
   for (int64_t seg0 = 0; seg0 < geo.time; seg0 += seg_len) {
@@ -93,7 +96,7 @@ scan_kernel(const T* __restrict__ J, const T* r, const T* __restrict__ h0, T* h,
         const int64_t off = bt * geo.channels + g * K;
         affine_apply<K>(J + (bt * geo.groups + g) * K * K, r + off, state);
 #pragma unroll
-        for (int i = 0; i < K; ++i) h[off + i] = state[i];
+        for (int i = 0; i < K; ++i) h[off + i] = Io<S>::store(state[i]);
       }
     }
   }
@@ -108,8 +111,8 @@ Status launched(const char* what) {
   return Status::ok;
 }
 
-template <int K, typename T>
-void launch(const T* J, const T* r, const T* h0, T* h, const ScanShape& s, cudaStream_t stream) {
+template <int K, typename S>
+void launch(const S* J, const S* r, const S* h0, S* h, const ScanShape& s, cudaStream_t stream) {
   Geometry geo;
   geo.time = s.time;
   geo.channels = s.channels;
@@ -120,11 +123,13 @@ void launch(const T* J, const T* r, const T* h0, T* h, const ScanShape& s, cudaS
   geo.reverse = s.reverse;
   const dim3 block(kLanes, kWarps);
   const int64_t grid = s.batch * geo.tiles;
-  scan_kernel<K, T><<<static_cast<unsigned>(grid), block, 0, stream>>>(J, r, h0, h, geo);
+  scan_kernel<K, S><<<static_cast<unsigned>(grid), block, 0, stream>>>(J, r, h0, h, geo);
 }
 
-template <typename T>
-Status dispatch(const T* J, const T* r, const T* h0, T* h, const ScanShape& s, void* stream) {
+}  // namespace
+
+template <typename S>
+Status linear_scan(const S* J, const S* r, const S* h0, S* h, const ScanShape& s, void* stream) {
   // one CTA per (batch element, 32 groups): gridDim.x is limited to 2^31 - 1
   const int64_t tiles = (s.channels / s.block + kLanes - 1) / kLanes;
   if (s.batch > (int64_t{1} << 31) / tiles - 1) {
@@ -143,16 +148,12 @@ Status dispatch(const T* J, const T* r, const T* h0, T* h, const ScanShape& s, v
   return launched("pararnn::linear_scan");
 }
 
-}  // namespace
-
-Status linear_scan(const float* J, const float* r, const float* h0, float* h, const ScanShape& s,
-                   void* stream) {
-  return dispatch(J, r, h0, h, s, stream);
-}
-
-Status linear_scan(const double* J, const double* r, const double* h0, double* h,
-                   const ScanShape& s, void* stream) {
-  return dispatch(J, r, h0, h, s, stream);
-}
+template Status linear_scan(const float*, const float*, const float*, float*, const ScanShape&, void*);
+template Status linear_scan(const double*, const double*, const double*, double*, const ScanShape&,
+                            void*);
+template Status linear_scan(const half_bits*, const half_bits*, const half_bits*, half_bits*,
+                            const ScanShape&, void*);
+template Status linear_scan(const bf16_bits*, const bf16_bits*, const bf16_bits*, bf16_bits*,
+                            const ScanShape&, void*);
 
 }  // namespace fastpaper::pararnn::cuda

@@ -78,8 +78,8 @@ def linear_scan(J: torch.Tensor, r: torch.Tensor, h0: Optional[torch.Tensor] = N
     -------
     Tensor ``[B, T, N]``, same dtype and device as ``r``.
 
-    float32 and float64 are computed in their own precision; float16/bfloat16 inputs are computed
-    in float32 and the result rounded back. Differentiable in J, r and h0: the adjoint
+    float32 and float64 are computed in their own precision; float16/bfloat16 tensors are read
+    and written as such by the kernel, which computes in float32 (each output rounded once). Differentiable in J, r and h0: the adjoint
     ``lambda_t = g_t + J_{t+1}^T lambda_{t+1}`` is the reversed scan, then ``dr = lambda``,
     ``dJ_t = lambda_t h_{t-1}^T`` (diag: ``lambda_t * h_{t-1}``) and ``dh0 = J_1^T lambda_1``.
     Rounding error grows with T roughly like ``eps * T * max|h|`` when ``|J| ~ 1``.
@@ -121,9 +121,6 @@ def linear_scan(J: torch.Tensor, r: torch.Tensor, h0: Optional[torch.Tensor] = N
             raise ValueError(f"h0 must be on the device of r ({r.device}), got {h0.device}")
         if tuple(h0.shape) != (batch, channels):
             raise ValueError(f"h0 must have shape {(batch, channels)}, got {tuple(h0.shape)}")
-    if r.dtype in _UPCAST:
-        h = _ops_scan(J.float(), r.float(), None if h0 is None else h0.float(), block, reverse)
-        return h.to(r.dtype)
     return _ops_scan(J, r, h0, block, reverse)
 
 

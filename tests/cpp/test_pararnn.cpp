@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -101,6 +102,42 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{1, 1, 1, 1}, Case{2, 3, 4, 2}, Case{1, 4097, 8, 1},
                       Case{1, 4097, 6, 3}, Case{1, 2000, 8, 4}, Case{1, 1000, 16, 8},
                       Case{3, 500, 130, 1}, Case{2, 300, 70, 5}, Case{1, 257, 7, 7}));
+
+// float16 / bfloat16 storage with float32 arithmetic: equal to the float32 scan of the widened
+// inputs, each output rounded once (to nearest-even; checked against an independent rounding).
+uint16_t to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+float from_bf16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+TEST(PararnnScan, Bfloat16StorageFloat32Math) {
+  const Problem p = make_problem(2, 3000, 6, 3, 5);
+  std::vector<uint16_t> J, r, h0, h(p.r.size());
+  std::vector<float> Jf, rf, h0f, hf(p.r.size());
+  for (double v : p.J) { J.push_back(to_bf16(static_cast<float>(v))); Jf.push_back(from_bf16(J.back())); }
+  for (double v : p.r) { r.push_back(to_bf16(static_cast<float>(v))); rf.push_back(from_bf16(r.back())); }
+  for (double v : p.h0) { h0.push_back(to_bf16(static_cast<float>(v))); h0f.push_back(from_bf16(h0.back())); }
+  for (bool reverse : {false, true}) {
+    ASSERT_EQ(pararnn::linear_scan(J.data(), r.data(), h0.data(), h.data(),
+                                   fastpaper::DType::bfloat16, 2, 3000, 6, 3, reverse,
+                                   Device::cpu, nullptr),
+              Status::ok);
+    ASSERT_EQ(pararnn::linear_scan(Jf.data(), rf.data(), h0f.data(), hf.data(), 2, 3000, 6, 3,
+                                   reverse, Device::cpu, nullptr),
+              Status::ok);
+    for (size_t i = 0; i < h.size(); ++i) ASSERT_EQ(h[i], to_bf16(hf[i])) << "element " << i;
+  }
+  EXPECT_EQ(pararnn::linear_scan(J.data(), r.data(), nullptr, h.data(), static_cast<fastpaper::DType>(9),
+                                 2, 3000, 6, 3, false, Device::cpu, nullptr),
+            Status::invalid_argument);
+}
 
 TEST(PararnnScan, InPlaceOverResidual) {
   const Problem p = make_problem(1, 3000, 8, 2, 3);

@@ -15,8 +15,9 @@
 //   r, h: [batch][time][channels];  h0: [batch][channels]
 // h may be the same pointer as r (in-place); it must not overlap J or h0 otherwise.
 //
-// Supported: block in [1, 8] on the CPU, block in [1, 4] on CUDA; float32 or float64 throughout
-// (the scan is computed in the element type). Device::cuda enqueues on `stream` and returns
+// Supported: block in [1, 8] on the CPU, block in [1, 4] on CUDA. Element types: float64
+// (computed in float64), float32, and float16/bfloat16 storage through the DType overload
+// (computed in float32, every output rounded once to the storage type). Device::cuda enqueues on `stream` and returns
 // without synchronizing. The sequential dependence is broken by the associativity of affine-map
 // composition (fastpaper/detail/pararnn_scan.h): CPU and CUDA both scan time in chunks.
 #pragma once
@@ -37,5 +38,10 @@ FASTPAPER_API Status linear_scan(const float* J, const float* r, const float* h0
 FASTPAPER_API Status linear_scan(const double* J, const double* r, const double* h0, double* h,
                                  int64_t batch, int64_t time, int64_t channels, int32_t block,
                                  bool reverse, Device device, void* stream);
+
+// All of J, r, h0 and h stored as `dtype` (float32, float16 or bfloat16); float32 arithmetic.
+FASTPAPER_API Status linear_scan(const void* J, const void* r, const void* h0, void* h,
+                                 DType dtype, int64_t batch, int64_t time, int64_t channels,
+                                 int32_t block, bool reverse, Device device, void* stream);
 
 }  // namespace fastpaper::pararnn

@@ -9,8 +9,15 @@
 // so the maps of disjoint time chunks can be built independently and combined afterwards (the
 // three-phase chunked scan). A channel group is K state entries coupled by a dense K x K block
 // (K = 1 is the diagonal case); blocks are row-major, J[i * K + j] multiplies h[j] into h[i].
+//
+// Storage and arithmetic types differ for 16-bit inputs: Io<S> says how an element stored as S
+// is widened to the compute type Io<S>::T (float for float16/bfloat16/float32, double for
+// float64) and rounded back.
 #pragma once
 
+#include <cstdint>
+
+#include "fastpaper/detail/float_convert.h"
 #include "fastpaper/detail/host_device.h"
 
 // K is a compile-time constant: nvcc's device pass is told to unroll; host compilers unroll such
@@ -23,38 +30,68 @@
 
 namespace fastpaper::pararnn::detail {
 
-// h <- J h + r for one group (h is updated in place; a copy keeps it alias-safe).
-template <int K, typename T>
-FP_HD void affine_apply(const T* J, const T* r, T* h) {
+// 16-bit storage types, distinct so that Io can tell them apart (same size and layout as uint16_t).
+struct half_bits { uint16_t v; };
+struct bf16_bits { uint16_t v; };
+
+template <typename S> struct Io;
+template <> struct Io<float> {
+  using T = float;
+  static FP_HD float load(float s) { return s; }
+  static FP_HD float store(float v) { return v; }
+};
+template <> struct Io<double> {
+  using T = double;
+  static FP_HD double load(double s) { return s; }
+  static FP_HD double store(double v) { return v; }
+};
+template <> struct Io<half_bits> {
+  using T = float;
+  static FP_HD float load(half_bits s) { return fastpaper::detail::half_to_float(s.v); }
+  static FP_HD half_bits store(float v) { return {fastpaper::detail::float_to_half(v)}; }
+};
+template <> struct Io<bf16_bits> {
+  using T = float;
+  static FP_HD float load(bf16_bits s) { return fastpaper::detail::bf16_to_float(s.v); }
+  static FP_HD bf16_bits store(float v) { return {fastpaper::detail::float_to_bf16(v)}; }
+};
+
+// h <- J h + r for one group; J and r are stored as SJ and SR (a storage type or the compute
+// type), h is in the compute type T.
+template <int K, typename SJ, typename SR, typename T>
+FP_HD void affine_apply(const SJ* J, const SR* r, T* h) {
   T prev[K];
 FP_SCAN_UNROLL
   for (int j = 0; j < K; ++j) prev[j] = h[j];
 FP_SCAN_UNROLL
   for (int i = 0; i < K; ++i) {
-    T acc = r[i];
+    T acc = Io<SR>::load(r[i]);
 FP_SCAN_UNROLL
-    for (int j = 0; j < K; ++j) acc += J[i * K + j] * prev[j];
+    for (int j = 0; j < K; ++j) acc += Io<SJ>::load(J[i * K + j]) * prev[j];
     h[i] = acc;
   }
 }
 
 // (A, b) <- (J, r) o (A, b) = (J A, J b + r): appends one step (J, r) after the map (A, b).
-template <int K, typename T>
-FP_HD void affine_compose_after(const T* J, const T* r, T* A, T* b) {
-  T a[K * K];
+template <int K, typename S, typename T>
+FP_HD void affine_compose_after(const S* J, const S* r, T* A, T* b) {
+  T j[K * K], a[K * K];
 FP_SCAN_UNROLL
-  for (int e = 0; e < K * K; ++e) a[e] = A[e];
+  for (int e = 0; e < K * K; ++e) {
+    j[e] = Io<S>::load(J[e]);
+    a[e] = A[e];
+  }
 FP_SCAN_UNROLL
   for (int i = 0; i < K; ++i) {
 FP_SCAN_UNROLL
-    for (int j = 0; j < K; ++j) {
+    for (int c = 0; c < K; ++c) {
       T acc = T(0);
 FP_SCAN_UNROLL
-      for (int m = 0; m < K; ++m) acc += J[i * K + m] * a[m * K + j];
-      A[i * K + j] = acc;
+      for (int m = 0; m < K; ++m) acc += j[i * K + m] * a[m * K + c];
+      A[i * K + c] = acc;
     }
   }
-  affine_apply<K>(J, r, b);
+  affine_apply<K>(j, r, b);
 }
 
 // (A, b) <- the identity map (I, 0).
