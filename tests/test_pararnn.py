@@ -345,6 +345,12 @@ def test_newton_nonconvergence_is_reported():
         warnings.simplefilter("ignore")
         _, info = pararnn.newton_solve(blowup, pre[..., :8], h0, (), max_iters=20, warn=False)
     assert not info.converged
+    # one batch element diverging does not stop the other from converging
+    x2 = torch.stack([pre[0, :200, :8] * 0.1, pre[1, :200, :8] * 0.1])
+    cell = lambda h, x, p: torch.where(p[0], torch.exp(h) * 50, 0.5 * torch.tanh(h)) + x  # noqa: E731
+    which = torch.tensor([[True], [False]]).repeat_interleave(200, 0)
+    _, info = pararnn.newton_solve(cell, x2, h0, (which,), max_iters=50, warn=False)
+    assert info.converged_batch.tolist() == [False, True] and not info.converged
     # with max_iters >= T the triangular system is solved exactly, even from a bad guess
     h, info = pararnn.newton_solve(gru_step, pre[:, :5], h0, params, max_iters=5)
     assert info.converged

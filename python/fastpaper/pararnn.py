@@ -154,9 +154,9 @@ def jacobian(step_fn: Callable, h_prev: torch.Tensor, x: torch.Tensor, params: S
     ``structure="diag"``: J is ``[M, N]``, computed by one forward-mode JVP with the all-ones
     tangent, which returns the row sums of df/dh; they equal the diagonal exactly when the cell's
     Jacobian is diagonal (each output depends only on its own channel), which is what "diag"
-    declares. ``structure="block"``: J is ``[M, N/k, k, k]``, from k JVPs with the tangents
-    ``e_j`` repeated in every group: JVP j returns column j of every block (exact when the
-    Jacobian is block-diagonal).
+    declares. ``structure="block"``: J is ``[M, N/k, k, k]``, from one JVP vmapped over the k
+    tangents ``e_j`` repeated in every group: JVP j returns column j of every block (exact when
+    the Jacobian is block-diagonal).
     """
     fn = lambda h: step_fn(h, x, params)  # noqa: E731
     if structure == "diag":
@@ -214,8 +214,10 @@ def _newton(step_fn, x, h0, params, structure, k, max_iters, atol, rtol, init):
             conv = finite
         info.iterations = it
         info.max_delta.append(float(dmax.max()))
-        if bool(conv.all()) or not torch.isfinite(dmax).all():
-            break  # solved, or diverged (more iterations cannot recover from inf/NaN)
+        # stop once every batch element is solved or diverged (inf/NaN cannot recover); the
+        # batch elements are independent, so one diverging does not stop the others
+        if bool((conv | ~torch.isfinite(dmax)).all()):
+            break
     info.converged_batch = conv
     info.converged = bool(conv.all())
     return h, info
@@ -301,8 +303,8 @@ def newton_solve(step_fn: Callable, x: torch.Tensor, h0: torch.Tensor, params: S
         ``block_size`` blocks over consecutive channels). The structure is a promise about f;
         the Jacobian is built from it (see :func:`jacobian`).
     max_iters : int, >= 1
-    atol, rtol : stopping tolerances; default 1e-5 (float32, and float16/bfloat16 states) or
-        1e-10 (float64). Newton converges quadratically near the solution, so the error after
+    atol, rtol : stopping tolerances; default 1e-10 (float64 state), 1e-5 (float32) or 1e-2
+        (float16/bfloat16, whose spacing near 1 is 1e-3/8e-3). Newton converges quadratically near the solution, so the error after
         the stopping step is about ``C * max|delta|**2``.
     init : Tensor ``[B, T, N]`` or None, the initial guess.
     warn : emit a RuntimeWarning when the iteration did not converge.
@@ -347,7 +349,7 @@ def newton_solve(step_fn: Callable, x: torch.Tensor, h0: torch.Tensor, params: S
         if tuple(init.shape) != (x.shape[0], x.shape[1], n):
             raise ValueError(f"init must have shape {(x.shape[0], x.shape[1], n)}, got {tuple(init.shape)}")
         init = init.to(h0.dtype)
-    default = 1e-10 if h0.dtype == torch.float64 else 1e-5
+    default = {torch.float64: 1e-10, torch.float32: 1e-5}.get(h0.dtype, 1e-2)
     atol = default if atol is None else float(atol)
     rtol = default if rtol is None else float(rtol)
     if not (atol >= 0 and rtol >= 0):
