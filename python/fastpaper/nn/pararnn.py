@@ -100,6 +100,10 @@ class _ParaCell(nn.Module):
             self.bias.zero_()
             self.bias[0] = -torch.linspace(0.0, 1.0, self.hidden_size)
 
+    def extra_repr(self) -> str:
+        return (f"{self.input_size}, {self.hidden_size}, num_heads={self.num_heads}, "
+                f"mode={self.mode!r}, max_iters={self.max_iters}")
+
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """``Bx + b`` for all steps: ``[B, T, input_size]`` -> ``[B, T, 3 * hidden_size]``."""
         b, t, _ = x.shape
