@@ -531,3 +531,15 @@ def test_demo_section_small():
     assert all(r["converged"] == "True" and r["max_abs_diff"] < 1e-4 for r in cells["rows"])
     assert scan["rows"][0]["max_abs_diff"] < 1e-4
     assert "ParaRNN" in demo.format_section(result)
+
+
+def test_newton_does_not_modify_inputs():
+    """A cell may return a view of its input; Newton must not update it in place."""
+    x = torch.randn(2, 50, 4, dtype=torch.float64)
+    x_copy = x.clone()
+    h0 = torch.zeros(2, 4, dtype=torch.float64)
+    h, info = pararnn.newton_solve(lambda h, x, p: x, x, h0)
+    assert info.converged and torch.equal(x, x_copy) and torch.equal(h, x)
+    h, info = pararnn.newton_solve(lambda h, x, p: x + 0.5 * h, x, h0, max_iters=50)
+    assert info.converged and torch.equal(x, x_copy)
+    torch.testing.assert_close(h, sequential(lambda h, x, p: x + 0.5 * h, x, h0, ()), rtol=0, atol=1e-10)
