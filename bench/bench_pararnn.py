@@ -15,6 +15,11 @@ Rows (all in this one process, same inputs):
   kernel). The table also gives Newton's iteration count and max |parallel - sequential|.
 * ``ParaLSTM fwd`` likewise (2 x 2 block Jacobians).
 
+``--dtype`` sets the storage type of the scan inputs and of the cells' inputs/outputs (float32
+by default; bfloat16/float16 are computed in float32, float64 throughout). ``max|diff|`` compares
+with the loop in the same dtype; a 16-bit loop rounds its state at every step, the kernel only
+its outputs, so they differ by the 16-bit rounding error.
+
 Timings are the median of --repeats runs after --warmup runs (CUDA: events on the current
 stream). A benchmark is not a test: differences are reported, not asserted.
 """
@@ -87,8 +92,15 @@ def loop_scan(J: torch.Tensor, r: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
 def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repeats: int,
-        skip_loop_bwd: bool = False) -> dict:
+        skip_loop_bwd: bool = False, dtype_name: str = "float32") -> dict:
+    dtype = DTYPES[dtype_name]
+    # 16-bit: tensors are stored in that type, the cells keep float32 parameters and math
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     g = torch.Generator().manual_seed(0)
     rows = []
 
@@ -98,23 +110,24 @@ def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repea
 
     with torch.no_grad():
         for k in (1, 2):
-            r = torch.randn(B, T, N, generator=g).to(device)
+            r = torch.randn(B, T, N, generator=g).to(device, dtype)
             if k == 1:
-                J = (torch.rand(B, T, N, generator=g) * 1.8 - 0.9).to(device)
+                J = (torch.rand(B, T, N, generator=g) * 1.8 - 0.9).to(device, dtype)
             else:
-                J = (torch.randn(B, T, N // 2, 2, 2, generator=g) * 0.45).to(device)
+                J = (torch.randn(B, T, N // 2, 2, 2, generator=g) * 0.45).to(device, dtype)
             structure = "diag" if k == 1 else "block"
             name = f"scan {structure}" + ("" if k == 1 else " 2x2")
-            err = float((pararnn.linear_scan(J, r, structure=structure) - loop_scan(J, r, k)).abs().max())
+            err = float((pararnn.linear_scan(J, r, structure=structure).double()
+                         - loop_scan(J, r, k).double()).abs().max())
             base = time_ms(lambda: loop_scan(J, r, k), device, warmup, repeats)
             add(name, "torch loop over t", base, base)
             ms = time_ms(lambda: pararnn.linear_scan(J, r, structure=structure), device, warmup, repeats)
             add(name, "fastpaper linear_scan", ms, base, max_abs_diff=err)
 
-    x = torch.randn(B, T, D, generator=g).to(device)
+    x = torch.randn(B, T, D, generator=g).to(device, dtype)
     for cls in (ParaGRU, ParaLSTM):
         torch.manual_seed(0)
-        m = cls(D, N).to(device)
+        m = cls(D, N).to(device, param_dtype)
         name = cls.__name__
         with torch.no_grad():
             m.mode = "sequential"
@@ -127,7 +140,7 @@ def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repea
             ms = time_ms(lambda: m(x), device, warmup, repeats)
             add(f"{name} fwd", "fastpaper parallel (Newton+scan)", ms, base,
                 newton_iterations=info.iterations, converged=info.converged,
-                max_abs_diff=float((y_par - y_seq).abs().max()))
+                max_abs_diff=float((y_par.double() - y_seq.double()).abs().max()))
         if cls is ParaGRU:
             xg = x.clone().requires_grad_()
 
@@ -135,7 +148,7 @@ def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repea
                 m.mode = mode
                 m.zero_grad(set_to_none=True)
                 xg.grad = None
-                m(xg)[0].square().sum().backward()
+                m(xg)[0].float().square().sum().backward()
 
             base = None
             if not skip_loop_bwd:
@@ -144,7 +157,7 @@ def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repea
             ms = time_ms(lambda: fwd_bwd("parallel"), device, warmup, repeats)
             add(f"{name} fwd+bwd", "fastpaper parallel (Newton+scan)", ms, base)
 
-    metadata = {"B": B, "T": T, "N": N, "D": D, "dtype": "float32", "device": str(device),
+    metadata = {"B": B, "T": T, "N": N, "D": D, "dtype": dtype_name, "device": str(device),
                 "device_name": _device_name(device), "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
                 "fastpaper": fastpaper.info()}
@@ -153,7 +166,7 @@ def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repea
 
 def format_table(result: dict) -> str:
     md = result["metadata"]
-    head = (f"ParaRNN, float32, B={md['B']} T={md['T']} N={md['N']} (input size {md['D']}) on "
+    head = (f"ParaRNN, {md['dtype']}, B={md['B']} T={md['T']} N={md['N']} (input size {md['D']}) on "
             f"{md['device_name']} ({md['device']}, {md['torch_threads']} threads), median of "
             f"{md['repeats']}")
     cols = ("workload", "implementation", "ms", "vs loop", "Newton its", "max|diff|")
@@ -179,6 +192,9 @@ def main(argv=None) -> int:
         p.add_argument(f"--{name}", type=int, default=None,
                        help=f"default {DEFAULTS['cpu'][name]} on CPU, {DEFAULTS['cuda'][name]} on CUDA"
                        + (" (input size of the cells)" if name == "D" else ""))
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="storage type of the scan inputs and the cells' input/output (16-bit "
+                        "types compute in float32); default float32")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
@@ -204,7 +220,8 @@ def main(argv=None) -> int:
         if args.threads < 1:
             p.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    result = run(device, warmup=warmup, repeats=repeats, skip_loop_bwd=args.skip_loop_backward, **sizes)
+    result = run(device, warmup=warmup, repeats=repeats, skip_loop_bwd=args.skip_loop_backward,
+                 dtype_name=args.dtype, **sizes)
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:
