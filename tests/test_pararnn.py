@@ -50,6 +50,15 @@ def reference_scan(J, r, h0=None, k=1, reverse=False):
     return out
 
 
+def reference_adjoint(J, r, k=1, reverse=False):
+    """The adjoint recurrence with an explicitly shifted, transposed J (J_{T+1} = J_0 = 0)."""
+    Jt = J if k == 1 else J.transpose(-1, -2)
+    zero = torch.zeros_like(Jt[:, :1])
+    if not reverse:  # h_t = J_{t+1}^T h_{t+1} + r_t, t = T..1
+        return reference_scan(torch.cat([Jt[:, 1:], zero], 1), r, None, k, reverse=True)
+    return reference_scan(torch.cat([zero, Jt[:, :-1]], 1), r, None, k, reverse=False)
+
+
 # ------------------------------------------------------------------------------ linear_scan
 
 @pytest.mark.parametrize("k", BLOCKS)
@@ -61,6 +70,16 @@ def test_scan_matches_sequential_float64(k, t, reverse):
     for init in (None, h0):
         h = pararnn.linear_scan(J, r, init, structure=structure_of(k), reverse=reverse)
         torch.testing.assert_close(h, reference_scan(J, r, init, k, reverse), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", BLOCKS + [6])
+@pytest.mark.parametrize("t", [1, 2, 1000, 4097])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_adjoint_scan_matches_shifted_transposed_reference(k, t, reverse):
+    for b, n in ((2, 3 * k), (1, 8 * k)):  # (1, 8k): the time-chunked CPU path at long T
+        J, r, _ = make_scan_inputs(b, t, n, k, seed=t + k)
+        h = pararnn.linear_scan(J, r, None, structure_of(k), reverse, adjoint=True)
+        torch.testing.assert_close(h, reference_adjoint(J, r, k, reverse), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 8])
@@ -149,6 +168,9 @@ def test_scan_gradcheck(k, reverse):
     fn = lambda J, r, h0: pararnn.linear_scan(J, r, h0, structure_of(k), reverse)  # noqa: E731
     assert torch.autograd.gradcheck(fn, args)
     assert torch.autograd.gradgradcheck(fn, args)
+    adj = lambda J, r: pararnn.linear_scan(J, r, None, structure_of(k), reverse, True)  # noqa: E731
+    assert torch.autograd.gradcheck(adj, args[:2])
+    assert torch.autograd.gradgradcheck(adj, args[:2])
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -166,7 +188,8 @@ def test_scan_gradient_matches_autograd_of_loop(k):
 @pytest.mark.parametrize("k", [1, 2])
 def test_scan_opcheck(k):
     J, r, h0 = make_scan_inputs(2, 9, 4, k)
-    for args in ((J, r, h0, k, False), (J, r, None, k, True)):
+    for args in ((J, r, h0, k, False, False), (J, r, None, k, True, False),
+                 (J, r, None, k, False, True), (J, r, None, k, True, True)):
         args = tuple(a.clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args)
         torch.library.opcheck(torch.ops.fastpaper.pararnn_linear_scan, args)
 
@@ -205,6 +228,10 @@ def test_scan_bad_input():
                             torch.zeros(2, 5, 9, dtype=torch.float64), structure="block")
     with pytest.raises(TypeError, match="reverse"):
         pararnn.linear_scan(J, r, reverse=1)
+    with pytest.raises(TypeError, match="adjoint"):
+        pararnn.linear_scan(J, r, adjoint=None)
+    with pytest.raises(ValueError, match="adjoint"):
+        pararnn.linear_scan(J, r, h0, adjoint=True)
 
 
 def test_native_rejects_bad_sizes():
@@ -490,10 +517,13 @@ def test_modules_bad_arguments():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_cuda_scan_matches_cpu(k, t, dtype):
     J, r, h0 = make_scan_inputs(3, t, 40 * k, k, dtype=dtype, seed=t)
+    tol = 1e-12 if dtype == torch.float64 else 1e-4
     for reverse in (False, True):
         cpu = pararnn.linear_scan(J, r, h0, structure_of(k), reverse)
         gpu = pararnn.linear_scan(J.cuda(), r.cuda(), h0.cuda(), structure_of(k), reverse)
-        tol = 1e-12 if dtype == torch.float64 else 1e-4
+        torch.testing.assert_close(gpu.cpu(), cpu, rtol=tol, atol=tol)
+        cpu = pararnn.linear_scan(J, r, None, structure_of(k), reverse, adjoint=True)
+        gpu = pararnn.linear_scan(J.cuda(), r.cuda(), None, structure_of(k), reverse, adjoint=True)
         torch.testing.assert_close(gpu.cpu(), cpu, rtol=tol, atol=tol)
 
 

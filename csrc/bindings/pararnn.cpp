@@ -37,7 +37,7 @@ Elem elem_of(const Array& a, const char* name) {
 }
 
 void linear_scan(Array J, Array r, nb::object h0_obj, Array h, int64_t batch, int64_t time,
-                 int64_t channels, int32_t block, bool reverse, uintptr_t stream) {
+                 int64_t channels, int32_t block, bool reverse, bool adjoint, uintptr_t stream) {
   const Elem el = elem_of(r, "r");
   const Device dev = bindings::device_of(r, "r");
   if (block < 1) throw nb::value_error("block must be >= 1");
@@ -67,11 +67,11 @@ void linear_scan(Array J, Array r, nb::object h0_obj, Array h, int64_t batch, in
     void* st = reinterpret_cast<void*>(stream);
     if (!el.is_double) {
       s = pararnn::linear_scan(J.data(), r.data(), h0, h.data(), el.dtype, batch, time, channels,
-                               block, reverse, dev, st);
+                               block, reverse, adjoint, dev, st);
     } else {
       s = pararnn::linear_scan(static_cast<const double*>(J.data()), static_cast<const double*>(r.data()),
                                static_cast<const double*>(h0), static_cast<double*>(h.data()), batch,
-                               time, channels, block, reverse, dev, st);
+                               time, channels, block, reverse, adjoint, dev, st);
     }
   }
   bindings::raise_if_failed(s);
@@ -83,7 +83,8 @@ NB_MODULE(_pararnn, m) {
   m.doc() = "Native ParaRNN linear scan (see fastpaper.pararnn for the documented Python API).";
   m.def("linear_scan", &linear_scan, nb::arg("J").noconvert(), nb::arg("r").noconvert(),
         nb::arg("h0").none(), nb::arg("h").noconvert(), nb::arg("batch"), nb::arg("time"),
-        nb::arg("channels"), nb::arg("block"), nb::arg("reverse"), nb::arg("stream") = 0);
+        nb::arg("channels"), nb::arg("block"), nb::arg("reverse"), nb::arg("adjoint") = false,
+        nb::arg("stream") = 0);
   m.attr("MAX_BLOCK_CPU") = pararnn::kMaxBlockCpu;
   m.attr("MAX_BLOCK_CUDA") = pararnn::kMaxBlockCuda;
 }

@@ -17,8 +17,8 @@ using fastpaper::detail::fail;
 // a * b for non-negative a, b; false on int64 overflow.
 bool mul_ok(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
 
-Status check_call(const void* J, const void* r, const void* h, int64_t batch, int64_t time,
-                  int64_t channels, int32_t block, Device device) {
+Status check_call(const void* J, const void* r, const void* h0, const void* h, int64_t batch,
+                  int64_t time, int64_t channels, int32_t block, bool adjoint, Device device) {
   if (batch < 0 || time < 0 || channels < 0) {
     return fail(Status::invalid_argument,
                 "batch, time and channels must be >= 0, got " + std::to_string(batch) + ", " +
@@ -26,6 +26,9 @@ Status check_call(const void* J, const void* r, const void* h, int64_t batch, in
   }
   if (device != Device::cpu && device != Device::cuda) {
     return fail(Status::invalid_argument, "device must be Device::cpu or Device::cuda");
+  }
+  if (adjoint && h0 != nullptr) {
+    return fail(Status::invalid_argument, "h0 must be null for the adjoint recurrence");
   }
   const int32_t max_block = device == Device::cuda ? kMaxBlockCuda : kMaxBlockCpu;
   if (block < 1 || block > max_block) {
@@ -56,12 +59,13 @@ Status check_call(const void* J, const void* r, const void* h, int64_t batch, in
 
 template <typename S>
 Status scan(const S* J, const S* r, const S* h0, S* h, int64_t batch, int64_t time,
-            int64_t channels, int32_t block, bool reverse, Device device, void* stream) {
-  if (Status s = check_call(J, r, h, batch, time, channels, block, device);
+            int64_t channels, int32_t block, bool reverse, bool adjoint, Device device,
+            void* stream) {
+  if (Status s = check_call(J, r, h0, h, batch, time, channels, block, adjoint, device);
       s != Status::ok || batch == 0 || time == 0 || channels == 0) {
     return s;
   }
-  const ScanShape shape{batch, time, channels, block, reverse};
+  const ScanShape shape{batch, time, channels, block, reverse, adjoint};
   if (device == Device::cuda) return cuda::linear_scan(J, r, h0, h, shape, stream);
   cpu::linear_scan(J, r, h0, h, shape);
   return Status::ok;
@@ -70,35 +74,35 @@ Status scan(const S* J, const S* r, const S* h0, S* h, int64_t batch, int64_t ti
 }  // namespace
 
 Status linear_scan(const float* J, const float* r, const float* h0, float* h, int64_t batch,
-                   int64_t time, int64_t channels, int32_t block, bool reverse, Device device,
-                   void* stream) {
-  return scan(J, r, h0, h, batch, time, channels, block, reverse, device, stream);
+                   int64_t time, int64_t channels, int32_t block, bool reverse, bool adjoint,
+                   Device device, void* stream) {
+  return scan(J, r, h0, h, batch, time, channels, block, reverse, adjoint, device, stream);
 }
 
 Status linear_scan(const double* J, const double* r, const double* h0, double* h, int64_t batch,
-                   int64_t time, int64_t channels, int32_t block, bool reverse, Device device,
-                   void* stream) {
-  return scan(J, r, h0, h, batch, time, channels, block, reverse, device, stream);
+                   int64_t time, int64_t channels, int32_t block, bool reverse, bool adjoint,
+                   Device device, void* stream) {
+  return scan(J, r, h0, h, batch, time, channels, block, reverse, adjoint, device, stream);
 }
 
 Status linear_scan(const void* J, const void* r, const void* h0, void* h, DType dtype,
                    int64_t batch, int64_t time, int64_t channels, int32_t block, bool reverse,
-                   Device device, void* stream) {
+                   bool adjoint, Device device, void* stream) {
   using detail::bf16_bits;
   using detail::half_bits;
   switch (dtype) {
     case DType::float32:
       return scan(static_cast<const float*>(J), static_cast<const float*>(r),
                   static_cast<const float*>(h0), static_cast<float*>(h), batch, time, channels,
-                  block, reverse, device, stream);
+                  block, reverse, adjoint, device, stream);
     case DType::float16:
       return scan(static_cast<const half_bits*>(J), static_cast<const half_bits*>(r),
                   static_cast<const half_bits*>(h0), static_cast<half_bits*>(h), batch, time,
-                  channels, block, reverse, device, stream);
+                  channels, block, reverse, adjoint, device, stream);
     case DType::bfloat16:
       return scan(static_cast<const bf16_bits*>(J), static_cast<const bf16_bits*>(r),
                   static_cast<const bf16_bits*>(h0), static_cast<bf16_bits*>(h), batch, time,
-                  channels, block, reverse, device, stream);
+                  channels, block, reverse, adjoint, device, stream);
   }
   return fail(Status::invalid_argument, "dtype must be float32, float16 or bfloat16");
 }

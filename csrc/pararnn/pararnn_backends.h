@@ -13,6 +13,7 @@ struct ScanShape {
   int64_t batch, time, channels;
   int32_t block;
   bool reverse;
+  bool adjoint;
 };
 
 // S: float, double, detail::half_bits or detail::bf16_bits (explicitly instantiated).

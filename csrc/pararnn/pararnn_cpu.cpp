@@ -39,7 +39,9 @@ int max_threads() {
 #endif
 }
 
-template <int K, typename S>
+// Adj: the adjoint recurrence (see fastpaper/pararnn.h): scan step `step` uses J^T of the
+// previous scan step's time, and step 0 has no J (the state restarts at r).
+template <int K, typename S, bool Adj>
 struct Scanner {
   using T = typename Io<S>::T;  // compute type
   const S* J;
@@ -51,7 +53,10 @@ struct Scanner {
   int64_t tile_groups;    // groups per unit
   int64_t tiles;          // units per batch element
 
-  int64_t phys(int64_t step) const { return s.reverse ? s.time - 1 - step : step; }
+  // physical time of scan step `step`: the adjoint runs against the direction of its primal
+  int64_t phys(int64_t step) const { return s.reverse != Adj ? s.time - 1 - step : step; }
+  // time index of the Jacobian used at scan step `step` (step >= 1 when Adj)
+  int64_t jac_time(int64_t step) const { return Adj ? phys(step - 1) : phys(step); }
   const S* J_at(int64_t b, int64_t t, int64_t g) const {
     return J + ((b * s.time + t) * groups + g) * K * K;
   }
@@ -71,10 +76,17 @@ struct Scanner {
   void run(int64_t b, int64_t s0, int64_t s1, int64_t g0, int64_t n, T* state) const {
     for (int64_t step = s0; step < s1; ++step) {
       const int64_t t = phys(step);
-      const S* Jp = J_at(b, t, g0);
       const int64_t off = vec_at(b, t, g0);
       const S* rp = r + off;
       S* hp = h + off;
+      if (Adj && step == 0) {  // no Jacobian: h = r
+        for (int64_t i = 0; i < n * K; ++i) {
+          state[i] = Io<S>::load(rp[i]);
+          hp[i] = Io<S>::store(state[i]);
+        }
+        continue;
+      }
+      const S* Jp = J_at(b, jac_time(step), g0);
       if constexpr (K == 1) {
         // h may alias r: each element is read before it is written
         for (int64_t i = 0; i < n; ++i) {
@@ -84,7 +96,7 @@ struct Scanner {
         }
       } else {
         for (int64_t g = 0; g < n; ++g) {
-          affine_apply<K>(Jp + g * K * K, rp + g * K, state + g * K);
+          affine_apply<K, Adj>(Jp + g * K * K, rp + g * K, state + g * K);
           for (int i = 0; i < K; ++i) hp[g * K + i] = Io<S>::store(state[g * K + i]);
         }
       }
@@ -95,9 +107,12 @@ struct Scanner {
   void aggregate(int64_t b, int64_t s0, int64_t s1, int64_t g0, int64_t n, T* A, T* bv) const {
     for (int64_t g = 0; g < n; ++g) affine_identity<K>(A + g * K * K, bv + g * K);
     for (int64_t step = s0; step < s1; ++step) {
-      const int64_t t = phys(step);
-      const S* Jp = J_at(b, t, g0);
-      const S* rp = r + vec_at(b, t, g0);
+      const S* rp = r + vec_at(b, phys(step), g0);
+      if (Adj && step == 0) {
+        for (int64_t g = 0; g < n; ++g) affine_restart<K>(rp + g * K, A + g * K * K, bv + g * K);
+        continue;
+      }
+      const S* Jp = J_at(b, jac_time(step), g0);
       if constexpr (K == 1) {
         for (int64_t i = 0; i < n; ++i) {
           const T j = Io<S>::load(Jp[i]);
@@ -106,17 +121,17 @@ struct Scanner {
         }
       } else {
         for (int64_t g = 0; g < n; ++g) {
-          affine_compose_after<K>(Jp + g * K * K, rp + g * K, A + g * K * K, bv + g * K);
+          affine_compose_after<K, Adj>(Jp + g * K * K, rp + g * K, A + g * K * K, bv + g * K);
         }
       }
     }
   }
 };
 
-template <int K, typename S>
+template <int K, typename S, bool Adj>
 void scan(const S* J, const S* r, const S* h0, S* h, const ScanShape& s) {
   using T = typename Io<S>::T;
-  Scanner<K, S> sc;
+  Scanner<K, S, Adj> sc;
   sc.J = J;
   sc.r = r;
   sc.h0 = h0;
@@ -199,21 +214,27 @@ void scan(const S* J, const S* r, const S* h0, S* h, const ScanShape& s) {
   }
 }
 
+template <typename S, bool Adj>
+void dispatch(const S* J, const S* r, const S* h0, S* h, const ScanShape& s) {
+  switch (s.block) {
+    case 1: return scan<1, S, Adj>(J, r, h0, h, s);
+    case 2: return scan<2, S, Adj>(J, r, h0, h, s);
+    case 3: return scan<3, S, Adj>(J, r, h0, h, s);
+    case 4: return scan<4, S, Adj>(J, r, h0, h, s);
+    case 5: return scan<5, S, Adj>(J, r, h0, h, s);
+    case 6: return scan<6, S, Adj>(J, r, h0, h, s);
+    case 7: return scan<7, S, Adj>(J, r, h0, h, s);
+    case 8: return scan<8, S, Adj>(J, r, h0, h, s);
+    default: return;  // unreachable: validated by the dispatcher
+  }
+}
+
 }  // namespace
 
 template <typename S>
 void linear_scan(const S* J, const S* r, const S* h0, S* h, const ScanShape& s) {
-  switch (s.block) {
-    case 1: return scan<1>(J, r, h0, h, s);
-    case 2: return scan<2>(J, r, h0, h, s);
-    case 3: return scan<3>(J, r, h0, h, s);
-    case 4: return scan<4>(J, r, h0, h, s);
-    case 5: return scan<5>(J, r, h0, h, s);
-    case 6: return scan<6>(J, r, h0, h, s);
-    case 7: return scan<7>(J, r, h0, h, s);
-    case 8: return scan<8>(J, r, h0, h, s);
-    default: return;  // unreachable: validated by the dispatcher
-  }
+  if (s.adjoint) dispatch<S, true>(J, r, h0, h, s);
+  else dispatch<S, false>(J, r, h0, h, s);
 }
 
 template void linear_scan(const float*, const float*, const float*, float*, const ScanShape&);

@@ -5,6 +5,8 @@
 // warp's loads of one time step are contiguous) of one batch element, and walks its time axis in
 // segments of kWarps * L steps (L = steps per thread, up to kMaxChunk). Within a segment warp w
 // owns the time chunk [w L, (w + 1) L):
+// (The adjoint recurrence is the same scan in the opposite direction reading J^T of the
+// neighbouring step.)
 //   1. each thread composes the affine maps of its chunk, (A, b) = (J_s, r_s) o ... o (J_1, r_1),
 //      in registers and stores it to shared memory;
 //   2. each thread applies the maps of the chunks before its own to the segment carry (at most
@@ -34,11 +36,13 @@ constexpr int kMaxChunk = 16;
 
 struct Geometry {
   int64_t time, channels, groups, tiles;
-  int chunk;  // time steps per thread per segment
-  bool reverse;
+  int chunk;       // time steps per thread per segment
+  bool backwards;  // scan order runs from t = T down to 1
 };
 
-template <int K, typename S>
+// Adj: the adjoint recurrence (fastpaper/pararnn.h): scan step `step` uses J^T of the previous
+// scan step's time, and step 0 has no Jacobian (the state restarts at r).
+template <int K, typename S, bool Adj>
 __global__ void __launch_bounds__(kLanes * kWarps)
 scan_kernel(const S* __restrict__ J, const S* r, const S* __restrict__ h0, S* h, Geometry geo) {
   using T = typename Io<S>::T;  // compute type (float for 16-bit storage)
@@ -65,10 +69,14 @@ scan_kernel(const S* __restrict__ J, const S* r, const S* __restrict__ h0, S* h,
     affine_identity<K>(A, bv);
     if (active) {
       for (int64_t step = s0; step < s1; ++step) {
-        const int64_t t = geo.reverse ? geo.time - 1 - step : step;
-        const int64_t bt = b * geo.time + t;
-        affine_compose_after<K>(J + (bt * geo.groups + g) * K * K, r + bt * geo.channels + g * K,
-                                A, bv);
+        const int64_t t = geo.backwards ? geo.time - 1 - step : step;
+        const S* rp = r + (b * geo.time + t) * geo.channels + g * K;
+        if (Adj && step == 0) {
+          affine_restart<K>(rp, A, bv);
+          continue;
+        }
+        const int64_t tj = !Adj ? t : (geo.backwards ? t + 1 : t - 1);
+        affine_compose_after<K, Adj>(J + ((b * geo.time + tj) * geo.groups + g) * K * K, rp, A, bv);
       }
     }
 #pragma unroll
@@ -91,10 +99,15 @@ scan_kernel(const S* __restrict__ J, const S* r, const S* __restrict__ h0, S* h,
     // 3. re-run the chunk from its true initial state
     if (active) {
       for (int64_t step = s0; step < s1; ++step) {
-        const int64_t t = geo.reverse ? geo.time - 1 - step : step;
-        const int64_t bt = b * geo.time + t;
-        const int64_t off = bt * geo.channels + g * K;
-        affine_apply<K>(J + (bt * geo.groups + g) * K * K, r + off, state);
+        const int64_t t = geo.backwards ? geo.time - 1 - step : step;
+        const int64_t off = (b * geo.time + t) * geo.channels + g * K;
+        if (Adj && step == 0) {  // no Jacobian: h = r
+#pragma unroll
+          for (int i = 0; i < K; ++i) state[i] = Io<S>::load(r[off + i]);
+        } else {
+          const int64_t tj = !Adj ? t : (geo.backwards ? t + 1 : t - 1);
+          affine_apply<K, Adj>(J + ((b * geo.time + tj) * geo.groups + g) * K * K, r + off, state);
+        }
 #pragma unroll
         for (int i = 0; i < K; ++i) h[off + i] = Io<S>::store(state[i]);
       }
@@ -113,6 +126,7 @@ Status launched(const char* what) {
 
 template <int K, typename S>
 void launch(const S* J, const S* r, const S* h0, S* h, const ScanShape& s, cudaStream_t stream) {
+  // the adjoint runs against the direction of its primal recurrence
   Geometry geo;
   geo.time = s.time;
   geo.channels = s.channels;
@@ -120,10 +134,14 @@ void launch(const S* J, const S* r, const S* h0, S* h, const ScanShape& s, cudaS
   geo.tiles = (geo.groups + kLanes - 1) / kLanes;
   const int64_t per_warp = (s.time + kWarps - 1) / kWarps;
   geo.chunk = static_cast<int>(per_warp < kMaxChunk ? per_warp : kMaxChunk);
-  geo.reverse = s.reverse;
+  geo.backwards = s.reverse != s.adjoint;
   const dim3 block(kLanes, kWarps);
   const int64_t grid = s.batch * geo.tiles;
-  scan_kernel<K, S><<<static_cast<unsigned>(grid), block, 0, stream>>>(J, r, h0, h, geo);
+  if (s.adjoint) {
+    scan_kernel<K, S, true><<<static_cast<unsigned>(grid), block, 0, stream>>>(J, r, h0, h, geo);
+  } else {
+    scan_kernel<K, S, false><<<static_cast<unsigned>(grid), block, 0, stream>>>(J, r, h0, h, geo);
+  }
 }
 
 }  // namespace

@@ -51,7 +51,8 @@ def _check_tensor(t, name: str) -> None:
 
 
 def linear_scan(J: torch.Tensor, r: torch.Tensor, h0: Optional[torch.Tensor] = None,
-                structure: str = "diag", reverse: bool = False) -> torch.Tensor:
+                structure: str = "diag", reverse: bool = False,
+                adjoint: bool = False) -> torch.Tensor:
     """Solve the linear recurrence ``h_t = J_t h_{t-1} + r_t`` for all t by a parallel scan.
 
     Forward (``reverse=False``)::
@@ -61,6 +62,12 @@ def linear_scan(J: torch.Tensor, r: torch.Tensor, h0: Optional[torch.Tensor] = N
     Reverse (``reverse=True``), the form of an adjoint/backward pass::
 
         h_t = J_t h_{t+1} + r_t,    t = T, ..., 1,    h_{T+1} = h0 (zeros if None)
+
+    Adjoint (``adjoint=True``, ``h0`` must be None): the transposed system of the same J, which
+    is what a backward pass solves, computed without a shifted or transposed copy of J::
+
+        reverse=False:  h_t = J_{t+1}^T h_{t+1} + r_t,   t = T, ..., 1   (J_{T+1} = 0)
+        reverse=True:   h_t = J_{t-1}^T h_{t-1} + r_t,   t = 1, ..., T   (J_0 = 0)
 
     Parameters
     ----------
@@ -73,6 +80,7 @@ def linear_scan(J: torch.Tensor, r: torch.Tensor, h0: Optional[torch.Tensor] = N
     h0 : Tensor ``[B, N]`` or None
     structure : "diag" | "block"
     reverse : bool
+    adjoint : bool
 
     Returns
     -------
@@ -88,8 +96,11 @@ def linear_scan(J: torch.Tensor, r: torch.Tensor, h0: Optional[torch.Tensor] = N
     _check_tensor(r, "r")
     if structure not in _STRUCTURES:
         raise ValueError(f"structure must be one of {_STRUCTURES}, got {structure!r}")
-    if not isinstance(reverse, bool):
-        raise TypeError(f"reverse must be a bool, got {type(reverse).__name__}")
+    for name, flag in (("reverse", reverse), ("adjoint", adjoint)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    if adjoint and h0 is not None:
+        raise ValueError("h0 must be None when adjoint=True (the adjoint has no boundary term)")
     if J.dtype != r.dtype:
         raise TypeError(f"J and r must have the same dtype, got {J.dtype} and {r.dtype}")
     if J.device != r.device:
@@ -121,11 +132,7 @@ def linear_scan(J: torch.Tensor, r: torch.Tensor, h0: Optional[torch.Tensor] = N
             raise ValueError(f"h0 must be on the device of r ({r.device}), got {h0.device}")
         if tuple(h0.shape) != (batch, channels):
             raise ValueError(f"h0 must have shape {(batch, channels)}, got {tuple(h0.shape)}")
-    return _ops_scan(J, r, h0, block, reverse)
-
-
-def _ops_scan(J, r, h0, block, reverse):
-    return torch.ops.fastpaper.pararnn_linear_scan(J, r, h0, block, reverse)
+    return torch.ops.fastpaper.pararnn_linear_scan(J, r, h0, block, reverse, adjoint)
 
 
 # ------------------------------------------------------------------------------------ Newton
@@ -251,11 +258,8 @@ class _NewtonFunction(torch.autograd.Function):
                     *[torch.zeros_like(p) if need else None for p, need in zip(params, need_p)])
         with torch.no_grad():
             _, J = _jacobian_bt(ctx.step_fn, h, h0, x, params, structure, k)
-            # adjoint: lambda_t = g_t + J_{t+1}^T lambda_{t+1} (reversed scan, shifted J^T)
-            Jt = J if structure == "diag" else J.transpose(-1, -2)
-            Jn = torch.cat([Jt[:, 1:], torch.zeros_like(Jt[:, :1])], dim=1)
-            lam = linear_scan(Jn.contiguous(), grad.to(h.dtype).contiguous(), None, structure,
-                              reverse=True)
+            # lambda_t = g_t + J_{t+1}^T lambda_{t+1}: the adjoint scan of the same J
+            lam = linear_scan(J, grad.to(h.dtype), None, structure, adjoint=True)
         # gradients of f over all steps at once: one VJP with cotangent lambda
         with torch.enable_grad():
             hp = _flat(_shift(h, h0)).detach().requires_grad_(need_h0)

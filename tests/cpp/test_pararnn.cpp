@@ -81,7 +81,7 @@ TEST_P(ScanTest, MatchesSequentialReferenceInDoubleAndFloat) {
       std::vector<double> h(p.r.size());
       ASSERT_EQ(pararnn::linear_scan(p.J.data(), p.r.data(), use_h0 ? p.h0.data() : nullptr,
                                      h.data(), p.batch, p.time, p.channels, p.block, reverse,
-                                     Device::cpu, nullptr),
+                                     false, Device::cpu, nullptr),
                 Status::ok)
           << fastpaper::last_error();
       for (size_t i = 0; i < h.size(); ++i) ASSERT_NEAR(h[i], ref[i], 1e-12) << "element " << i;
@@ -90,7 +90,7 @@ TEST_P(ScanTest, MatchesSequentialReferenceInDoubleAndFloat) {
           h0f(p.h0.begin(), p.h0.end()), hf(p.r.size());
       ASSERT_EQ(pararnn::linear_scan(Jf.data(), rf.data(), use_h0 ? h0f.data() : nullptr,
                                      hf.data(), p.batch, p.time, p.channels, p.block, reverse,
-                                     Device::cpu, nullptr),
+                                     false, Device::cpu, nullptr),
                 Status::ok);
       for (size_t i = 0; i < hf.size(); ++i) ASSERT_NEAR(hf[i], ref[i], 1e-4) << "element " << i;
     }
@@ -127,16 +127,53 @@ TEST(PararnnScan, Bfloat16StorageFloat32Math) {
   for (bool reverse : {false, true}) {
     ASSERT_EQ(pararnn::linear_scan(J.data(), r.data(), h0.data(), h.data(),
                                    fastpaper::DType::bfloat16, 2, 3000, 6, 3, reverse,
-                                   Device::cpu, nullptr),
+                                   false, Device::cpu, nullptr),
               Status::ok);
     ASSERT_EQ(pararnn::linear_scan(Jf.data(), rf.data(), h0f.data(), hf.data(), 2, 3000, 6, 3,
-                                   reverse, Device::cpu, nullptr),
+                                   reverse, false, Device::cpu, nullptr),
               Status::ok);
     for (size_t i = 0; i < h.size(); ++i) ASSERT_EQ(h[i], to_bf16(hf[i])) << "element " << i;
   }
   EXPECT_EQ(pararnn::linear_scan(J.data(), r.data(), nullptr, h.data(), static_cast<fastpaper::DType>(9),
-                                 2, 3000, 6, 3, false, Device::cpu, nullptr),
+                                 2, 3000, 6, 3, false, false, Device::cpu, nullptr),
             Status::invalid_argument);
+}
+
+// The adjoint recurrence against the forward/reverse reference run on an explicitly shifted and
+// transposed copy of J (J_{T+1} = J_0 = 0).
+TEST(PararnnScan, AdjointMatchesShiftedTransposedReference) {
+  for (const Case c : {Case{2, 300, 6, 3}, Case{1, 4097, 8, 1}, Case{1, 3001, 8, 2}, Case{1, 5, 4, 4}}) {
+    const Problem p = make_problem(c.batch, c.time, c.channels, c.block, 9);
+    const int64_t K = c.block, G = c.channels / K, blk = K * K;
+    for (bool reverse : {false, true}) {
+      Problem q = p;
+      for (int64_t b = 0; b < c.batch; ++b) {
+        for (int64_t t = 0; t < c.time; ++t) {
+          const int64_t src = reverse ? t - 1 : t + 1;  // J^T of the neighbouring step, or 0
+          for (int64_t g = 0; g < G; ++g) {
+            for (int64_t i = 0; i < K; ++i) {
+              for (int64_t j = 0; j < K; ++j) {
+                const double v = (src < 0 || src >= c.time)
+                                     ? 0.0
+                                     : p.J[((b * c.time + src) * G + g) * blk + j * K + i];
+                q.J[((b * c.time + t) * G + g) * blk + i * K + j] = v;
+              }
+            }
+          }
+        }
+      }
+      const std::vector<double> ref = reference(q, false, !reverse);
+      std::vector<double> h(p.r.size());
+      ASSERT_EQ(pararnn::linear_scan(p.J.data(), p.r.data(), nullptr, h.data(), c.batch, c.time,
+                                     c.channels, c.block, reverse, true, Device::cpu, nullptr),
+                Status::ok);
+      for (size_t i = 0; i < h.size(); ++i) ASSERT_NEAR(h[i], ref[i], 1e-12) << "element " << i;
+    }
+  }
+  std::vector<double> buf(16, 0.0);
+  EXPECT_EQ(pararnn::linear_scan(buf.data(), buf.data(), buf.data(), buf.data() + 8, 1, 2, 2, 1,
+                                 false, true, Device::cpu, nullptr),
+            Status::invalid_argument);  // adjoint with h0
 }
 
 TEST(PararnnScan, InPlaceOverResidual) {
@@ -144,7 +181,7 @@ TEST(PararnnScan, InPlaceOverResidual) {
   const std::vector<double> ref = reference(p, true, false);
   std::vector<double> hr = p.r;  // h == r
   ASSERT_EQ(pararnn::linear_scan(p.J.data(), hr.data(), p.h0.data(), hr.data(), 1, 3000, 8, 2,
-                                 false, Device::cpu, nullptr),
+                                 false, false, Device::cpu, nullptr),
             Status::ok);
   for (size_t i = 0; i < hr.size(); ++i) ASSERT_NEAR(hr[i], ref[i], 1e-12);
 }
@@ -154,7 +191,7 @@ TEST(PararnnScan, RejectsBadArguments) {
   const double* c = buf.data();
   double* h = buf.data() + 32;
   auto call = [&](int64_t b, int64_t t, int64_t n, int k, Device d = Device::cpu) {
-    return pararnn::linear_scan(c, c, nullptr, h, b, t, n, k, false, d, nullptr);
+    return pararnn::linear_scan(c, c, nullptr, h, b, t, n, k, false, false, d, nullptr);
   };
   EXPECT_EQ(call(-1, 2, 2, 1), Status::invalid_argument);
   EXPECT_EQ(call(1, -2, 2, 1), Status::invalid_argument);
@@ -165,11 +202,11 @@ TEST(PararnnScan, RejectsBadArguments) {
   EXPECT_NE(std::string(fastpaper::last_error()), "");
   EXPECT_EQ(call(int64_t{1} << 40, int64_t{1} << 40, 2, 1), Status::invalid_argument);  // overflow
   EXPECT_EQ(pararnn::linear_scan(static_cast<const double*>(nullptr), c, nullptr, h, 1, 2, 2, 1,
-                                 false, Device::cpu, nullptr),
+                                 false, false, Device::cpu, nullptr),
             Status::invalid_argument);
   // empty problems are valid no-ops, even with null pointers
   EXPECT_EQ(pararnn::linear_scan(static_cast<const float*>(nullptr), nullptr, nullptr, nullptr, 0,
-                                 5, 4, 2, false, Device::cpu, nullptr),
+                                 5, 4, 2, false, false, Device::cpu, nullptr),
             Status::ok);
   // CUDA: block 5 is CPU-only (or the build has no CUDA at all)
   EXPECT_NE(call(1, 2, 5, 5, Device::cuda), Status::ok);

@@ -5,7 +5,13 @@
 //   forward  (reverse = false): h_t = J_t h_{t-1} + r_t,   t = 1 .. T,   h_0     = h0
 //   backward (reverse = true):  h_t = J_t h_{t+1} + r_t,   t = T .. 1,   h_{T+1} = h0
 //
-// (h0 == nullptr means zeros). The state of one time step has `channels` entries cut into
+// (h0 == nullptr means zeros). With adjoint = true it solves instead the transposed (adjoint)
+// system of the same J, the recurrence a backward pass needs, without a shifted/transposed copy:
+//
+//   adjoint of forward (reverse = false): h_t = J_{t+1}^T h_{t+1} + r_t,  t = T .. 1,  J_{T+1} = 0
+//   adjoint of reverse (reverse = true):  h_t = J_{t-1}^T h_{t-1} + r_t,  t = 1 .. T,  J_0 = 0
+//
+// (h0 must be nullptr then: the boundary term does not exist). The state of one time step has `channels` entries cut into
 // channels / block groups of `block` consecutive entries; J_t is block-diagonal with one dense
 // block x block matrix per group (block = 1: a diagonal Jacobian, one number per channel).
 //
@@ -33,15 +39,18 @@ inline constexpr int32_t kMaxBlockCuda = 4;
 
 FASTPAPER_API Status linear_scan(const float* J, const float* r, const float* h0, float* h,
                                  int64_t batch, int64_t time, int64_t channels, int32_t block,
-                                 bool reverse, Device device, void* stream);
+                                 bool reverse, bool adjoint, Device device,
+                                 void* stream);
 
 FASTPAPER_API Status linear_scan(const double* J, const double* r, const double* h0, double* h,
                                  int64_t batch, int64_t time, int64_t channels, int32_t block,
-                                 bool reverse, Device device, void* stream);
+                                 bool reverse, bool adjoint, Device device,
+                                 void* stream);
 
 // All of J, r, h0 and h stored as `dtype` (float32, float16 or bfloat16); float32 arithmetic.
 FASTPAPER_API Status linear_scan(const void* J, const void* r, const void* h0, void* h,
                                  DType dtype, int64_t batch, int64_t time, int64_t channels,
-                                 int32_t block, bool reverse, Device device, void* stream);
+                                 int32_t block, bool reverse, bool adjoint, Device device,
+                                 void* stream);
 
 }  // namespace fastpaper::pararnn

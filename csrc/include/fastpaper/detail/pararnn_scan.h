@@ -56,9 +56,14 @@ template <> struct Io<bf16_bits> {
   static FP_HD bf16_bits store(float v) { return {fastpaper::detail::float_to_bf16(v)}; }
 };
 
-// h <- J h + r for one group; J and r are stored as SJ and SR (a storage type or the compute
-// type), h is in the compute type T.
-template <int K, typename SJ, typename SR, typename T>
+// Element (i, j) of a row-major K x K block, or of its transpose (Tr: the adjoint recurrence
+// reads J^T without a transposed copy).
+template <int K, bool Tr>
+FP_HD int block_index(int i, int j) { return Tr ? j * K + i : i * K + j; }
+
+// h <- J h + r (Tr: J^T h + r) for one group; J and r are stored as SJ and SR (a storage type or
+// the compute type), h is in the compute type T.
+template <int K, bool Tr = false, typename SJ, typename SR, typename T>
 FP_HD void affine_apply(const SJ* J, const SR* r, T* h) {
   T prev[K];
 FP_SCAN_UNROLL
@@ -67,18 +72,19 @@ FP_SCAN_UNROLL
   for (int i = 0; i < K; ++i) {
     T acc = Io<SR>::load(r[i]);
 FP_SCAN_UNROLL
-    for (int j = 0; j < K; ++j) acc += Io<SJ>::load(J[i * K + j]) * prev[j];
+    for (int j = 0; j < K; ++j) acc += Io<SJ>::load(J[block_index<K, Tr>(i, j)]) * prev[j];
     h[i] = acc;
   }
 }
 
-// (A, b) <- (J, r) o (A, b) = (J A, J b + r): appends one step (J, r) after the map (A, b).
-template <int K, typename S, typename T>
+// (A, b) <- (J, r) o (A, b) = (J A, J b + r): appends one step (J, r) after the map (A, b)
+// (Tr: the step (J^T, r)).
+template <int K, bool Tr = false, typename S, typename T>
 FP_HD void affine_compose_after(const S* J, const S* r, T* A, T* b) {
   T j[K * K], a[K * K];
 FP_SCAN_UNROLL
   for (int e = 0; e < K * K; ++e) {
-    j[e] = Io<S>::load(J[e]);
+    j[e] = Io<S>::load(J[block_index<K, Tr>(e / K, e % K)]);
     a[e] = A[e];
   }
 FP_SCAN_UNROLL
@@ -92,6 +98,17 @@ FP_SCAN_UNROLL
     }
   }
   affine_apply<K>(j, r, b);
+}
+
+// (A, b) <- the map (0, r) of a step without a Jacobian: the state restarts at r.
+template <int K, typename S, typename T>
+FP_HD void affine_restart(const S* r, T* A, T* b) {
+FP_SCAN_UNROLL
+  for (int i = 0; i < K; ++i) {
+    b[i] = Io<S>::load(r[i]);
+FP_SCAN_UNROLL
+    for (int j = 0; j < K; ++j) A[i * K + j] = T(0);
+  }
 }
 
 // (A, b) <- the identity map (I, 0).
