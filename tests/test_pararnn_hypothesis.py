@@ -1,5 +1,5 @@
 """Property tests of the ParaRNN scan: arbitrary shapes (including empty ones), block sizes 1..8,
-both directions, with and without h0, float64/float32/float16/bfloat16, and non-finite values, against the
+both directions, plain and adjoint, with and without h0, float64/float32/float16/bfloat16, and non-finite values, against the
 sequential float64 recurrence; malformed shapes raise ValueError/TypeError, never crash."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastpaper import pararnn
-from test_pararnn import reference_scan
+from test_pararnn import reference_adjoint, reference_scan
 
 
 @st.composite
@@ -31,22 +31,26 @@ def problems(draw):
         r.view(-1)[draw(st.integers(0, r.numel() - 1))] = draw(
             st.sampled_from([math.inf, -math.inf, math.nan]))
     cast = lambda v: None if v is None else v.to(dtype)  # noqa: E731
-    return k, cast(J), cast(r), cast(h0), draw(st.booleans())
+    adjoint = draw(st.booleans())
+    if adjoint:
+        h0 = None
+    return k, cast(J), cast(r), cast(h0), draw(st.booleans()), adjoint
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(p=problems())
 def test_scan_matches_reference(p):
-    k, J, r, h0, reverse = p
-    h = pararnn.linear_scan(J, r, h0, "diag" if k == 1 else "block", reverse)
+    k, J, r, h0, reverse, adjoint = p
+    structure = "diag" if k == 1 else "block"
+    h = pararnn.linear_scan(J, r, h0, structure, reverse, adjoint)
     assert h.shape == r.shape and h.dtype == r.dtype
     if r.dtype in (torch.float16, torch.bfloat16):
         # 16-bit storage, float32 arithmetic: identical to the float32 scan rounded once
         up = [None if a is None else a.float() for a in (J, r, h0)]
-        expect = pararnn.linear_scan(*up, "diag" if k == 1 else "block", reverse).to(r.dtype)
+        expect = pararnn.linear_scan(*up, structure, reverse, adjoint).to(r.dtype)
         torch.testing.assert_close(h, expect, rtol=0, atol=0, equal_nan=True)
         return
-    ref = reference_scan(J, r, h0, k, reverse)
+    ref = reference_adjoint(J, r, k, reverse) if adjoint else reference_scan(J, r, h0, k, reverse)
     tol = 1e-12 if r.dtype == torch.float64 else 1e-4
     torch.testing.assert_close(h.double(), ref, rtol=tol, atol=tol, equal_nan=True)
 
