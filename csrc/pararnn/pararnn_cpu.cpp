@@ -1,4 +1,6 @@
-// CPU kernel of the ParaRNN linear scan h_t = J_t h_{t-1} + r_t (or its reverse).
+// CPU kernel of the ParaRNN linear scan h_t = J_t h_{t-1} + r_t (or its reverse, or the adjoint
+// of either, which is the same scan in the opposite direction reading J^T of the neighbouring
+// step; float16/bfloat16 storage is widened to float32 on load).
 //
 // Work split: the channel groups of one batch element are cut into tiles of kTileChannels
 // channels; a (batch element, tile) pair is a "unit" whose state fits in a few cache lines, and
