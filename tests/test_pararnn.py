@@ -198,6 +198,12 @@ def test_scan_torch_compile():
     J, r, h0 = make_scan_inputs(2, 64, 8, 2, dtype=torch.float32)
     fn = torch.compile(lambda J, r, h0: pararnn.linear_scan(J, r, h0, "block") * 2.0, fullgraph=True)
     torch.testing.assert_close(fn(J, r, h0), 2.0 * pararnn.linear_scan(J, r, h0, "block"))
+    # backward through the compiled graph (the autograd formula is traced too)
+    J, r = J.double().requires_grad_(), r.double().requires_grad_()
+    loss = lambda J, r: (pararnn.linear_scan(J, r, None, "block") ** 2).sum()  # noqa: E731
+    compiled = torch.autograd.grad(torch.compile(loss, fullgraph=True)(J, r), [J, r])
+    for a, b in zip(compiled, torch.autograd.grad(loss(J, r), [J, r])):
+        torch.testing.assert_close(a, b)
 
 
 def test_scan_bad_input():
