@@ -21,7 +21,9 @@ with the loop in the same dtype; a 16-bit loop rounds its state at every step, t
 its outputs, so they differ by the 16-bit rounding error.
 
 Timings are the median of --repeats runs after --warmup runs (CUDA: events on the current
-stream). A benchmark is not a test: differences are reported, not asserted.
+stream). A benchmark is not a test: differences are reported, not asserted. On a CPU shared with
+other jobs, ``--threads 1`` gives steadier numbers: a loop of small torch ops with several threads
+waits for descheduled peers at every op.
 """
 
 from __future__ import annotations
