@@ -88,8 +88,8 @@ def test_demo_small_in_process(capsys, tmp_path):
         assert text in out, text
     data = json.loads(out_json.read_text())
     assert data["config"] == {"device": "cpu", "small": True, "seed": 0}
-    (section,) = data["sections"]
-    assert section["name"] == "bfp"
+    # every area adds a section; this test checks the bfp one
+    section = next(s for s in data["sections"] if s["name"] == "bfp")
     accuracy, speed = section["tables"]
     by_format = {r["format"]: r for r in accuracy["rows"]}
     assert set(by_format) == {"BFP12", "BFP16", "MXINT8"}

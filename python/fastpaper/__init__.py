@@ -15,7 +15,7 @@ __all__ = ["__version__", "bfp", "cmake_dir", "include_dir", "info"]
 
 def __getattr__(name: str):
     # Areas are imported on first use so that `import fastpaper` stays cheap and torch-free.
-    if name in ("bfp",):
+    if name in ("bfp", "pararnn"):
         import importlib
 
         return importlib.import_module(f"fastpaper.{name}")

@@ -1,0 +1,236 @@
+"""ParaRNN: fastpaper's parallel-in-time solver vs the sequential PyTorch loop, side by side.
+
+Usage::
+
+    python bench/bench_pararnn.py                          # CPU sizes that run in seconds
+    python bench/bench_pararnn.py --device cuda --B 8 --T 2048 --N 1024 --json out.json
+
+Rows (all in this one process, same inputs):
+
+* ``scan``: the linear recurrence h_t = J_t h_{t-1} + r_t (diag, and 2 x 2 blocks) —
+  ``fastpaper.pararnn.linear_scan`` vs a Python loop over t of torch ops.
+* ``ParaGRU fwd`` / ``fwd+bwd``: ``fastpaper.nn.ParaGRU`` with ``mode="sequential"`` (a Python
+  loop over t, autograd through it: the ParaRNN paper's baseline) vs ``mode="parallel"``
+  (Newton + scan, implicit-function backward; the generic path: Jacobians by torch.func, no fused
+  kernel). The table also gives Newton's iteration count and max |parallel - sequential|.
+* ``ParaLSTM fwd`` likewise (2 x 2 block Jacobians).
+
+``--dtype`` sets the storage type of the scan inputs and of the cells' inputs/outputs (float32
+by default; bfloat16/float16 are computed in float32, float64 throughout). ``max|diff|`` compares
+with the loop in the same dtype; a 16-bit loop rounds its state at every step, the kernel only
+its outputs, so they differ by the 16-bit rounding error.
+
+Timings are the median of --repeats runs after --warmup runs (CUDA: events on the current
+stream). A benchmark is not a test: differences are reported, not asserted. On a CPU shared with
+other jobs, ``--threads 1`` gives steadier numbers: a loop of small torch ops with several threads
+waits for descheduled peers at every op.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+
+import fastpaper
+from fastpaper import pararnn
+from fastpaper.nn import ParaGRU, ParaLSTM
+
+DEFAULTS = {"cpu": dict(B=4, T=1024, N=128, D=64, repeats=3, warmup=1),
+            "cuda": dict(B=8, T=2048, N=1024, D=1024, repeats=10, warmup=2)}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of fn() in ms (CUDA: events bracketing the launched work)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def loop_scan(J: torch.Tensor, r: torch.Tensor, k: int) -> torch.Tensor:
+    """The sequential recurrence as a Python loop of torch ops (the baseline)."""
+    b, t, n = r.shape
+    h = r.new_zeros(b, n)
+    out = torch.empty_like(r)
+    for s in range(t):
+        if k == 1:
+            h = J[:, s] * h + r[:, s]
+        else:
+            h = (J[:, s] @ h.view(b, n // k, k, 1)).view(b, n) + r[:, s]
+        out[:, s] = h
+    return out
+
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+          "float16": torch.float16}
+
+
+def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repeats: int,
+        skip_loop_bwd: bool = False, dtype_name: str = "float32") -> dict:
+    dtype = DTYPES[dtype_name]
+    # 16-bit: tensors are stored in that type, the cells keep float32 parameters and math
+    param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    g = torch.Generator().manual_seed(0)
+    rows = []
+
+    def add(workload, impl, ms, base_ms, **extra):
+        rows.append({"workload": workload, "implementation": impl, "ms": ms,
+                     "speedup_vs_loop": None if base_ms is None else base_ms / ms, **extra})
+
+    with torch.no_grad():
+        for k in (1, 2):
+            r = torch.randn(B, T, N, generator=g).to(device, dtype)
+            if k == 1:
+                J = (torch.rand(B, T, N, generator=g) * 1.8 - 0.9).to(device, dtype)
+            else:
+                J = (torch.randn(B, T, N // 2, 2, 2, generator=g) * 0.45).to(device, dtype)
+            structure = "diag" if k == 1 else "block"
+            name = f"scan {structure}" + ("" if k == 1 else " 2x2")
+            err = float((pararnn.linear_scan(J, r, structure=structure).double()
+                         - loop_scan(J, r, k).double()).abs().max())
+            base = time_ms(lambda: loop_scan(J, r, k), device, warmup, repeats)
+            add(name, "torch loop over t", base, base)
+            ms = time_ms(lambda: pararnn.linear_scan(J, r, structure=structure), device, warmup, repeats)
+            add(name, "fastpaper linear_scan", ms, base, max_abs_diff=err)
+
+    x = torch.randn(B, T, D, generator=g).to(device, dtype)
+    for cls in (ParaGRU, ParaLSTM):
+        torch.manual_seed(0)
+        m = cls(D, N).to(device, param_dtype)
+        name = cls.__name__
+        with torch.no_grad():
+            m.mode = "sequential"
+            y_seq = m(x)[0]
+            base = time_ms(lambda: m(x), device, warmup, repeats)
+            add(f"{name} fwd", "sequential torch loop", base, base)
+            m.mode = "parallel"
+            y_par = m(x)[0]
+            info = m.last_info
+            ms = time_ms(lambda: m(x), device, warmup, repeats)
+            add(f"{name} fwd", "fastpaper parallel (Newton+scan)", ms, base,
+                newton_iterations=info.iterations, converged=info.converged,
+                max_abs_diff=float((y_par.double() - y_seq.double()).abs().max()))
+        if cls is ParaGRU:
+            xg = x.clone().requires_grad_()
+
+            def fwd_bwd(mode):
+                m.mode = mode
+                m.zero_grad(set_to_none=True)
+                xg.grad = None
+                m(xg)[0].float().square().sum().backward()
+
+            base = None
+            if not skip_loop_bwd:
+                base = time_ms(lambda: fwd_bwd("sequential"), device, warmup, repeats)
+                add(f"{name} fwd+bwd", "sequential torch loop", base, base)
+            ms = time_ms(lambda: fwd_bwd("parallel"), device, warmup, repeats)
+            add(f"{name} fwd+bwd", "fastpaper parallel (Newton+scan)", ms, base)
+
+    metadata = {"B": B, "T": T, "N": N, "D": D, "dtype": dtype_name, "device": str(device),
+                "device_name": _device_name(device), "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
+                "fastpaper": fastpaper.info()}
+    return {"metadata": metadata, "rows": rows}
+
+
+def format_table(result: dict) -> str:
+    md = result["metadata"]
+    head = (f"ParaRNN, {md['dtype']}, B={md['B']} T={md['T']} N={md['N']} (input size {md['D']}) on "
+            f"{md['device_name']} ({md['device']}, {md['torch_threads']} threads), median of "
+            f"{md['repeats']}")
+    cols = ("workload", "implementation", "ms", "vs loop", "Newton its", "max|diff|")
+    body = []
+    for r in result["rows"]:
+        sp = r["speedup_vs_loop"]
+        body.append((r["workload"], r["implementation"], f"{r['ms']:.2f}",
+                     "" if sp is None else f"{sp:.2f}x",
+                     str(r.get("newton_iterations", "")),
+                     f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else ""))
+    widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
+    fmt_row = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    lines = [head, "", fmt_row(cols), fmt_row(tuple("-" * w for w in widths))]
+    lines.extend(fmt_row(b) for b in body)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    for name in ("B", "T", "N", "D"):
+        p.add_argument(f"--{name}", type=int, default=None,
+                       help=f"default {DEFAULTS['cpu'][name]} on CPU, {DEFAULTS['cuda'][name]} on CUDA"
+                       + (" (input size of the cells)" if name == "D" else ""))
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                   help="storage type of the scan inputs and the cells' input/output (16-bit "
+                        "types compute in float32); default float32")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--skip-loop-backward", action="store_true",
+                   help="do not time the sequential loop's backward (slow at large T)")
+    p.add_argument("--json", metavar="PATH", help="also write the rows and metadata as JSON here")
+    args = p.parse_args(argv)
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device")
+    d = DEFAULTS[device.type]
+    sizes = {k: getattr(args, k) if getattr(args, k) is not None else d[k] for k in ("B", "T", "N", "D")}
+    if any(v < 1 for v in sizes.values()) or sizes["N"] % 2:
+        p.error("--B, --T, --N, --D must be >= 1 and --N even (the 2x2 block scan)")
+    repeats = args.repeats if args.repeats is not None else d["repeats"]
+    warmup = args.warmup if args.warmup is not None else d["warmup"]
+    if repeats < 1 or warmup < 0:
+        p.error("--repeats must be >= 1 and --warmup >= 0")
+    if args.threads is not None:
+        if args.threads < 1:
+            p.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    result = run(device, warmup=warmup, repeats=repeats, skip_loop_bwd=args.skip_loop_backward,
+                 dtype_name=args.dtype, **sizes)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
