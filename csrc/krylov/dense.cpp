@@ -1,0 +1,96 @@
+// Dense kernels of the Krylov solver on OpenBLAS/LAPACKE (scipy-openblas32).
+#include "krylov/dense.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace fastpaper::krylov::dense {
+namespace {
+inline blasint I(int64_t v) { return static_cast<blasint>(v); }
+inline CBLAS_TRANSPOSE T(bool t) { return t ? CblasTrans : CblasNoTrans; }
+}  // namespace
+
+void single_threaded_blas() {
+  static const bool once = [] {
+    scipy_openblas_set_num_threads(1);
+    return true;
+  }();
+  (void)once;
+}
+
+double nrm2(int64_t n, const double* x) { return scipy_cblas_dnrm2(I(n), x, 1); }
+void scal(int64_t n, double a, double* x) { scipy_cblas_dscal(I(n), a, x, 1); }
+void axpy(int64_t n, double a, const double* x, double* y) {
+  scipy_cblas_daxpy(I(n), a, x, 1, y, 1);
+}
+
+void gemv(bool trans, int64_t rows, int64_t cols, double alpha, const double* A, int64_t lda,
+          const double* x, double beta, double* y) {
+  if (rows == 0 || cols == 0) {
+    // BLAS would leave y untouched when the reduction is empty; make beta apply.
+    const int64_t len = trans ? cols : rows;
+    for (int64_t i = 0; i < len; ++i) y[i] = beta == 0.0 ? 0.0 : beta * y[i];
+    return;
+  }
+  scipy_cblas_dgemv(CblasColMajor, T(trans), I(rows), I(cols), alpha, A, I(lda), x, 1, beta, y, 1);
+}
+
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* A,
+          int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  if (k == 0) {
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t i = 0; i < m; ++i) C[i + j * ldc] = beta == 0.0 ? 0.0 : beta * C[i + j * ldc];
+    return;
+  }
+  scipy_cblas_dgemm(CblasColMajor, T(ta), T(tb), I(m), I(n), I(k), alpha, A, I(lda), B, I(ldb),
+                    beta, C, I(ldc));
+}
+
+void trsm_right_upper(int64_t rows, int64_t k, const double* R, int64_t ldr, double* B,
+                      int64_t ldb) {
+  if (rows == 0 || k == 0) return;
+  scipy_cblas_dtrsm(CblasColMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, I(rows),
+                    I(k), 1.0, R, I(ldr), B, I(ldb));
+}
+
+bool qr(int64_t rows, int64_t cols, double* A, int64_t lda, std::vector<double>& R,
+        double rank_tol, int64_t& bad) {
+  bad = -1;
+  R.assign(static_cast<size_t>(cols * cols), 0.0);
+  if (cols == 0) return true;
+  std::vector<double> tau(static_cast<size_t>(cols));
+  if (scipy_LAPACKE_dgeqrf(LAPACK_COL_MAJOR, I(rows), I(cols), A, I(lda), tau.data()) != 0) {
+    return false;
+  }
+  double rmax = 0;
+  for (int64_t j = 0; j < cols; ++j) {
+    for (int64_t i = 0; i <= j; ++i) R[i + j * cols] = A[i + j * lda];
+    rmax = std::max(rmax, std::abs(R[j + j * cols]));
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    const double d = std::abs(R[j + j * cols]);
+    if (!(d > rank_tol * rmax) || !std::isfinite(d)) {
+      bad = j;
+      return false;
+    }
+  }
+  return scipy_LAPACKE_dorgqr(LAPACK_COL_MAJOR, I(rows), I(cols), I(cols), A, I(lda),
+                              tau.data()) == 0;
+}
+
+bool ggev(int64_t n, double* A, double* B, std::vector<double>& alphar,
+          std::vector<double>& alphai, std::vector<double>& beta, std::vector<double>& vr) {
+  alphar.assign(static_cast<size_t>(n), 0.0);
+  alphai.assign(static_cast<size_t>(n), 0.0);
+  beta.assign(static_cast<size_t>(n), 0.0);
+  vr.assign(static_cast<size_t>(n * n), 0.0);
+  double vl_dummy = 0;
+  return scipy_LAPACKE_dggev(LAPACK_COL_MAJOR, 'N', 'V', I(n), A, I(n), B, I(n), alphar.data(),
+                             alphai.data(), beta.data(), &vl_dummy, 1, vr.data(), I(n)) == 0;
+}
+
+}  // namespace fastpaper::krylov::dense
