@@ -22,6 +22,7 @@ Preconditioning is on the right, so the residual reported is the true
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -118,18 +119,16 @@ def _csr_of(A: Any):
     """(n, csr tuple, matvec callable) for A, raising TypeError/ValueError naming A."""
     import scipy.sparse as sp
 
-    try:  # torch sparse CSR without importing torch when not installed
-        import torch
-
-        if isinstance(A, torch.Tensor):
-            if A.layout == torch.sparse_csr:
-                shape = tuple(A.shape)
-                A = sp.csr_array((A.values().detach().cpu().numpy(), A.col_indices().cpu().numpy(),
-                                  A.crow_indices().cpu().numpy()), shape=shape)
-            else:
-                A = A.detach().cpu().numpy()
-    except ImportError:
-        pass
+    # A torch tensor implies torch is imported already; importing it here would cost seconds.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(A, torch.Tensor):
+        if A.layout == torch.sparse_csr:
+            A = sp.csr_array((A.values().detach().cpu().numpy(), A.col_indices().cpu().numpy(),
+                              A.crow_indices().cpu().numpy()), shape=tuple(A.shape))
+        elif A.layout == torch.strided:
+            A = A.detach().cpu().numpy()
+        else:
+            raise TypeError(f"A: torch tensors must be strided or sparse CSR, got {A.layout}")
     if sp.issparse(A) or isinstance(A, np.ndarray):
         if A.ndim != 2:
             raise ValueError(f"A: expected a 2-D matrix, got {A.ndim} dimensions")
