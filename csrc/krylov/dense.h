@@ -4,6 +4,7 @@
 // Krylov dimensions (<= m + 1).
 #pragma once
 
+#include <complex>
 #include <cstdint>
 #include <vector>
 
@@ -33,6 +34,22 @@ void trsm_right_upper(int64_t rows, int64_t k, const double* R, int64_t ldr, dou
 // has a diagonal entry below rank_tol * max|R_ii| (rank deficient), with `bad` its column.
 bool qr(int64_t rows, int64_t cols, double* A, int64_t lda, std::vector<double>& R,
         double rank_tol, int64_t& bad);
+
+// complex128 versions: "trans" is the conjugate transpose.
+using Z = std::complex<double>;
+double nrm2(int64_t n, const Z* x);
+void scal(int64_t n, Z a, Z* x);
+void axpy(int64_t n, Z a, const Z* x, Z* y);
+void gemv(bool trans, int64_t rows, int64_t cols, Z alpha, const Z* A, int64_t lda, const Z* x,
+          Z beta, Z* y);
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, Z alpha, const Z* A, int64_t lda,
+          const Z* B, int64_t ldb, Z beta, Z* C, int64_t ldc);
+void trsm_right_upper(int64_t rows, int64_t k, const Z* R, int64_t ldr, Z* B, int64_t ldb);
+bool qr(int64_t rows, int64_t cols, Z* A, int64_t lda, std::vector<Z>& R, double rank_tol,
+        int64_t& bad);
+// A z = theta B z with theta = alpha / beta: LAPACK zggev.
+bool ggev(int64_t n, Z* A, Z* B, std::vector<Z>& alpha, std::vector<Z>& beta,
+          std::vector<Z>& vr);
 
 // Generalized eigenproblem A z = theta B z (n x n, both overwritten) with right eigenvectors:
 // LAPACK dggev. Returns false when it did not converge.

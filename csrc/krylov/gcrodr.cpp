@@ -7,6 +7,7 @@
 #include <memory>
 #include <numeric>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/error.h"
@@ -17,21 +18,29 @@ namespace fastpaper::krylov {
 namespace {
 
 using fastpaper::detail::fail;
-using Vec = std::vector<double>;
+using RVec = std::vector<double>;
+
+inline double conj_(double v) { return v; }
+inline Z conj_(const Z& v) { return std::conj(v); }
+inline bool finite(double v) { return std::isfinite(v); }
+inline bool finite(const Z& v) { return std::isfinite(v.real()) && std::isfinite(v.imag()); }
 
 struct SolveError {
   std::string message;
 };
 
+template <class T>
 class Solver {
+  using Vec = std::vector<T>;
+
  public:
-  Solver(const Operator& A, detail::PrecondApply& M, const Options& opt, Result& res,
+  Solver(const OperatorT<T>& A, detail::PrecondApply<T>& M, const Options& opt, Result& res,
          double* history, int64_t cap)
       : A_(A), M_(M), opt_(opt), res_(res), hist_(history), cap_(cap),
         n_(A.csr ? A.csr->rows : A.n), tmp_(static_cast<size_t>(n_)) {}
 
   // Returns an error message, empty on success.
-  std::string run(const double* b, double* x, Recycle* rec, int32_t k) {
+  std::string run(const T* b, T* x, Recycle* rec, int32_t k) {
     const int64_t n = n_;
     const int32_t m = opt_.m;
     res_.b_norm = dense::nrm2(n, b);
@@ -43,7 +52,7 @@ class Solver {
     if (!std::isfinite(rnorm)) return "A produced non-finite values";
 
     // W: C (kc columns) then V; one extra column for v_{p+1}.
-    W_.assign(static_cast<size_t>(n * (m + 1)), 0.0);
+    W_.assign(static_cast<size_t>(n * (m + 1)), T(0));
     int32_t kc = 0;
     const bool recycling = rec != nullptr && k > 0;
     if (recycling && rec->dim > 0 && rnorm > tol) {
@@ -67,7 +76,7 @@ class Solver {
         dense::gemv(true, n, kc, 1.0, W_.data(), n, r.data(), 0.0, c.data());
         dense::gemv(false, n, kc, -1.0, W_.data(), n, c.data(), 1.0, r.data());
         Vec z(static_cast<size_t>(n));
-        dense::gemv(false, n, kc, 1.0, rec->u.data(), n, c.data(), 0.0, z.data());
+        dense::gemv(false, n, kc, 1.0, rec->template vec<T>().data(), n, c.data(), 0.0, z.data());
         if (!update_x(z.data(), x)) return "M: callback failed";
         rnorm = dense::nrm2(n, r.data());
         r_true = false;
@@ -88,7 +97,7 @@ class Solver {
       if (kc > 0) {
         Vec By(static_cast<size_t>(kc));
         dense::gemv(false, kc, p, 1.0, B.data(), kc, y.data(), 0.0, By.data());
-        dense::gemv(false, n, kc, -1.0, rec->u.data(), n, By.data(), 1.0, z.data());
+        dense::gemv(false, n, kc, -1.0, rec->template vec<T>().data(), n, By.data(), 1.0, z.data());
       }
       if (!update_x(z.data(), x)) return "M: callback failed";
       if (recycling && p > 0) kc = harmonic_update(*rec, kc, p, Hbar, B, k);
@@ -117,7 +126,7 @@ class Solver {
   }
 
  private:
-  bool matvec(const double* v, double* y) {
+  bool matvec(const T* v, T* y) {
     ++res_.matvecs;
     if (A_.csr) {
       detail::csr_matvec(*A_.csr, v, y);
@@ -126,13 +135,13 @@ class Solver {
     return A_.apply(A_.ctx, v, y) == 0;
   }
   // y = A M^{-1} v
-  bool amv(const double* v, double* y) { return M_.apply(v, tmp_.data()) && matvec(tmp_.data(), y); }
-  bool residual(const double* b, const double* x, double* r) {
+  bool amv(const T* v, T* y) { return M_.apply(v, tmp_.data()) && matvec(tmp_.data(), y); }
+  bool residual(const T* b, const T* x, T* r) {
     if (!matvec(x, r)) return false;
     for (int64_t i = 0; i < n_; ++i) r[i] = b[i] - r[i];
     return true;
   }
-  bool update_x(const double* z, double* x) {
+  bool update_x(const T* z, T* x) {
     if (!M_.apply(z, tmp_.data())) return false;
     dense::axpy(n_, 1.0, tmp_.data(), x);
     return true;
@@ -147,22 +156,23 @@ class Solver {
   std::string new_system(Recycle& rec) {
     const int64_t n = n_;
     int32_t kc = std::min<int32_t>(rec.dim, opt_.m - 1);
-    rec.u.resize(static_cast<size_t>(n * kc));
+    Vec& U = rec.template vec<T>();
+    U.resize(static_cast<size_t>(n * kc));
     while (kc > 0) {
       for (int32_t i = 0; i < kc; ++i) {
-        if (!amv(rec.u.data() + i * n, W_.data() + i * n)) return "A or M: callback failed";
+        if (!amv(U.data() + i * n, W_.data() + i * n)) return "A or M: callback failed";
       }
-      std::vector<double> R;
+      Vec R;
       int64_t bad = -1;
       if (dense::qr(n, kc, W_.data(), n, R, 1e-12, bad)) {
-        dense::trsm_right_upper(n, kc, R.data(), kc, rec.u.data(), n);
+        dense::trsm_right_upper(n, kc, R.data(), kc, U.data(), n);
         break;
       }
       if (bad < 0) return "LAPACK QR of A U failed";
       // drop column `bad` of U and try again
-      std::copy(rec.u.begin() + (bad + 1) * n, rec.u.end(), rec.u.begin() + bad * n);
+      std::copy(U.begin() + (bad + 1) * n, U.end(), U.begin() + bad * n);
       --kc;
-      rec.u.resize(static_cast<size_t>(n * kc));
+      U.resize(static_cast<size_t>(n * kc));
     }
     rec.dim = kc;
     return {};
@@ -170,22 +180,23 @@ class Solver {
 
   // p <= pmax Arnoldi steps of (I - C C^T) A M^{-1} from v_1 = r / beta, CGS2 against [C, V].
   // Returns y = argmin ||beta e1 - Hbar_p y|| (Givens rotations).
-  std::string arnoldi_cycle(const double* r, double beta, int32_t kc, int64_t pmax, double tol,
+  std::string arnoldi_cycle(const T* r, double beta, int32_t kc, int64_t pmax, double tol,
                             int64_t& p, Vec& y, Vec& Hbar, Vec& B, bool& broke, bool& stop) {
     const int64_t n = n_;
     const int64_t m = opt_.m;
     const int64_t ldh = m + 1;
-    Hbar.assign(static_cast<size_t>(ldh * m), 0.0);
-    B.assign(static_cast<size_t>(std::max<int64_t>(kc, 1) * m), 0.0);
-    Vec R(static_cast<size_t>(ldh * m), 0.0);  // Hbar after the Givens rotations
-    Vec cs(static_cast<size_t>(m)), sn(static_cast<size_t>(m)), g(static_cast<size_t>(m + 1), 0.0);
+    Hbar.assign(static_cast<size_t>(ldh * m), T(0));
+    B.assign(static_cast<size_t>(std::max<int64_t>(kc, 1) * m), T(0));
+    Vec R(static_cast<size_t>(ldh * m), T(0));  // Hbar after the Givens rotations
+    RVec cs(static_cast<size_t>(m));             // rotations [[c, s], [-conj(s), c]], c real
+    Vec sn(static_cast<size_t>(m)), g(static_cast<size_t>(m + 1), T(0));
     Vec h(static_cast<size_t>(kc + m + 1)), h2(h.size());
-    double* V = W_.data() + kc * n;
+    T* V = W_.data() + kc * n;
     for (int64_t i = 0; i < n; ++i) V[i] = r[i] / beta;
     g[0] = beta;
     p = 0;
     for (int64_t j = 0; j < pmax; ++j) {
-      double* w = V + (j + 1) * n;
+      T* w = V + (j + 1) * n;
       if (!amv(V + j * n, w)) return "A or M: callback failed";
       ++res_.iterations;
       const double w0 = dense::nrm2(n, w);
@@ -204,7 +215,7 @@ class Solver {
       if (!(hn > 1e-14 * w0) || w0 == 0.0) {
         broke = true;
         hn = 0.0;
-        std::fill(w, w + n, 0.0);
+        std::fill(w, w + n, T(0));
       } else {
         dense::scal(n, 1.0 / hn, w);
       }
@@ -212,17 +223,27 @@ class Solver {
       // Givens: apply the previous rotations to column j, then annihilate its sub-diagonal.
       for (int64_t i = 0; i <= j + 1; ++i) R[i + j * ldh] = Hbar[i + j * ldh];
       for (int64_t i = 0; i < j; ++i) {
-        const double a = R[i + j * ldh], c = R[i + 1 + j * ldh];
+        const T a = R[i + j * ldh], c = R[i + 1 + j * ldh];
         R[i + j * ldh] = cs[i] * a + sn[i] * c;
-        R[i + 1 + j * ldh] = -sn[i] * a + cs[i] * c;
+        R[i + 1 + j * ldh] = -conj_(sn[i]) * a + cs[i] * c;
       }
-      const double a = R[j + j * ldh], c = R[j + 1 + j * ldh];
-      const double d = std::hypot(a, c);
-      cs[j] = d == 0.0 ? 1.0 : a / d;
-      sn[j] = d == 0.0 ? 0.0 : c / d;
-      R[j + j * ldh] = d;
-      R[j + 1 + j * ldh] = 0.0;
-      g[j + 1] = -sn[j] * g[j];
+      // New rotation: c = |a| / d, s = (a / |a|) conj(b) / d maps (a, b) to ((a / |a|) d, 0).
+      const T a = R[j + j * ldh], c = R[j + 1 + j * ldh];
+      const double aa = std::abs(a);
+      const double d = std::hypot(aa, std::abs(c));
+      if (d == 0.0) {
+        cs[j] = 1.0;
+        sn[j] = T(0);
+      } else if (aa == 0.0) {
+        cs[j] = 0.0;
+        sn[j] = conj_(c) / std::abs(c);
+      } else {
+        cs[j] = aa / d;
+        sn[j] = (a / aa) * conj_(c) / d;
+      }
+      R[j + j * ldh] = cs[j] * a + sn[j] * c;
+      R[j + 1 + j * ldh] = T(0);
+      g[j + 1] = -conj_(sn[j]) * g[j];
       g[j] = cs[j] * g[j];
       p = j + 1;
       const double est = std::abs(g[j + 1]);
@@ -232,19 +253,19 @@ class Solver {
     }
     // Back substitution R_p y = g; a zero pivot (singular Hessenberg after a true breakdown)
     // gets y_i = 0, the least-squares choice on that direction.
-    y.assign(static_cast<size_t>(p), 0.0);
+    y.assign(static_cast<size_t>(p), T(0));
     for (int64_t i = p - 1; i >= 0; --i) {
-      double s = g[i];
+      T s = g[i];
       for (int64_t l = i + 1; l < p; ++l) s -= R[i + l * ldh] * y[l];
-      const double d = R[i + i * ldh];
-      y[i] = d != 0.0 ? s / d : 0.0;
+      const T d = R[i + i * ldh];
+      y[i] = d != T(0) ? s / d : T(0);
     }
     return {};
   }
 
   // Harmonic Ritz update after a cycle of p steps with kc recycled vectors (mm = kc + p):
   //   Ghat = [[D, B], [0, Hbar]] ((mm+1) x mm), D = diag(1/||u_i||), What = [U D, V_p],
-  //   Ghat^T Ghat z = theta Ghat^T (Vhat^T What) z, keep the k smallest |theta| -> P (mm x knew),
+  //   Ghat^H Ghat z = theta Ghat^H (Vhat^H What) z, keep the k smallest |theta| -> P (mm x knew),
   //   QR(Ghat P) = Q R, C <- Vhat Q, U <- What P R^{-1}.
   // Returns the new recycle dimension; on a LAPACK failure the old (still consistent) U and C
   // are kept.
@@ -255,67 +276,77 @@ class Solver {
     const int64_t ldh = m + 1;
     const int64_t mm = kc + p;
     const int64_t ld = mm + 1;
-    Vec D(static_cast<size_t>(kc));
-    for (int32_t i = 0; i < kc; ++i) D[i] = 1.0 / dense::nrm2(n, rec.u.data() + i * n);
-    Vec G(static_cast<size_t>(ld * mm), 0.0);
+    Vec& U = rec.template vec<T>();
+    RVec D(static_cast<size_t>(kc));
+    for (int32_t i = 0; i < kc; ++i) D[i] = 1.0 / dense::nrm2(n, U.data() + i * n);
+    Vec G(static_cast<size_t>(ld * mm), T(0));
     for (int32_t i = 0; i < kc; ++i) G[i + i * ld] = D[i];
     for (int64_t j = 0; j < p; ++j) {
       for (int32_t i = 0; i < kc; ++i) G[i + (kc + j) * ld] = B[i + j * kc];
       for (int64_t i = 0; i <= j + 1; ++i) G[kc + i + (kc + j) * ld] = Hbar[i + j * ldh];
     }
-    // Vhat^T What = [[C^T U D, 0], [V_{p+1}^T U D, [I; 0]]]
-    Vec VW(static_cast<size_t>(ld * mm), 0.0);
+    // Vhat^H What = [[C^H U D, 0], [V_{p+1}^H U D, [I; 0]]]
+    Vec VW(static_cast<size_t>(ld * mm), T(0));
     if (kc > 0) {
-      dense::gemm(true, false, ld, kc, n, 1.0, W_.data(), n, rec.u.data(), n, 0.0, VW.data(), ld);
+      dense::gemm(true, false, ld, kc, n, 1.0, W_.data(), n, U.data(), n, 0.0, VW.data(), ld);
       for (int32_t j = 0; j < kc; ++j)
         for (int64_t i = 0; i < ld; ++i) VW[i + j * ld] *= D[j];
     }
-    for (int64_t j = 0; j < p; ++j) VW[kc + j + (kc + j) * ld] = 1.0;
+    for (int64_t j = 0; j < p; ++j) VW[kc + j + (kc + j) * ld] = T(1);
     Vec Ag(static_cast<size_t>(mm * mm)), Bg(static_cast<size_t>(mm * mm));
     dense::gemm(true, false, mm, mm, ld, 1.0, G.data(), ld, G.data(), ld, 0.0, Ag.data(), mm);
     dense::gemm(true, false, mm, mm, ld, 1.0, G.data(), ld, VW.data(), ld, 0.0, Bg.data(), mm);
-    Vec ar, ai, be, vr;
-    if (!dense::ggev(mm, Ag.data(), Bg.data(), ar, ai, be, vr)) return kc;
 
-    // Select by |theta| ascending; a complex pair contributes its real and imaginary parts.
-    const int64_t limit = std::min<int64_t>({static_cast<int64_t>(k) + 1, m - 1, mm});
     const int64_t target = std::min<int64_t>({static_cast<int64_t>(k), m - 1, mm});
-    std::vector<int64_t> order;
-    Vec mag(static_cast<size_t>(mm), std::numeric_limits<double>::infinity());
-    for (int64_t i = 0; i < mm; ++i) {
-      const double t = std::hypot(ar[i], ai[i]) / std::abs(be[i]);
-      if (be[i] != 0.0 && std::isfinite(t)) {
-        mag[i] = t;
-        order.push_back(i);
+    Vec P;
+    int64_t knew = 0;
+    if constexpr (std::is_same_v<T, double>) {
+      RVec ar, ai, be, vr;
+      if (!dense::ggev(mm, Ag.data(), Bg.data(), ar, ai, be, vr)) return kc;
+      // Select by |theta| ascending; a complex pair contributes its real and imaginary parts
+      // (LAPACK stores a pair in consecutive columns, the one with alphai > 0 first).
+      const int64_t limit = std::min<int64_t>({static_cast<int64_t>(k) + 1, m - 1, mm});
+      std::vector<int64_t> order = by_magnitude(mm, [&](int64_t i) {
+        return be[i] != 0.0 ? std::hypot(ar[i], ai[i]) / std::abs(be[i])
+                            : std::numeric_limits<double>::infinity();
+      });
+      std::vector<int64_t> cols;
+      std::vector<char> taken(static_cast<size_t>(mm), 0);
+      for (int64_t i : order) {
+        if (static_cast<int64_t>(cols.size()) >= target) break;
+        if (taken[i]) continue;
+        if (ai[i] == 0.0) {
+          cols.push_back(i);
+          taken[i] = 1;
+          continue;
+        }
+        const int64_t first = ai[i] > 0 ? i : i - 1;
+        if (first < 0 || first + 1 >= mm) continue;
+        if (static_cast<int64_t>(cols.size()) + 2 > limit) continue;
+        cols.push_back(first);
+        cols.push_back(first + 1);
+        taken[first] = taken[first + 1] = 1;
       }
+      knew = static_cast<int64_t>(cols.size());
+      P.resize(static_cast<size_t>(mm * knew));
+      for (int64_t j = 0; j < knew; ++j)
+        std::copy(vr.begin() + cols[j] * mm, vr.begin() + (cols[j] + 1) * mm, P.begin() + j * mm);
+    } else {
+      Vec al, be, vr;
+      if (!dense::ggev(mm, Ag.data(), Bg.data(), al, be, vr)) return kc;
+      std::vector<int64_t> order = by_magnitude(mm, [&](int64_t i) {
+        return be[i] != T(0) ? std::abs(al[i]) / std::abs(be[i])
+                             : std::numeric_limits<double>::infinity();
+      });
+      knew = std::min<int64_t>(target, static_cast<int64_t>(order.size()));
+      P.resize(static_cast<size_t>(mm * knew));
+      for (int64_t j = 0; j < knew; ++j)
+        std::copy(vr.begin() + order[j] * mm, vr.begin() + (order[j] + 1) * mm, P.begin() + j * mm);
     }
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return mag[a] < mag[b]; });
-    std::vector<int64_t> cols;
-    std::vector<char> taken(static_cast<size_t>(mm), 0);
-    for (int64_t i : order) {
-      if (static_cast<int64_t>(cols.size()) >= target) break;
-      if (taken[i]) continue;
-      if (ai[i] == 0.0) {
-        cols.push_back(i);
-        taken[i] = 1;
-        continue;
-      }
-      // LAPACK stores a conjugate pair in consecutive columns, the one with alphai > 0 first.
-      const int64_t first = ai[i] > 0 ? i : i - 1;
-      if (first < 0 || first + 1 >= mm) continue;
-      if (static_cast<int64_t>(cols.size()) + 2 > limit) continue;
-      cols.push_back(first);
-      cols.push_back(first + 1);
-      taken[first] = taken[first + 1] = 1;
-    }
-    int64_t knew = static_cast<int64_t>(cols.size());
-    Vec P(static_cast<size_t>(mm * knew));
-    for (int64_t j = 0; j < knew; ++j)
-      std::copy(vr.begin() + cols[j] * mm, vr.begin() + (cols[j] + 1) * mm, P.begin() + j * mm);
     // QR(Ghat P); drop columns of P that are (numerically) dependent.
     Vec GP, R;
     while (knew > 0) {
-      GP.assign(static_cast<size_t>(ld * knew), 0.0);
+      GP.assign(static_cast<size_t>(ld * knew), T(0));
       dense::gemm(false, false, ld, knew, mm, 1.0, G.data(), ld, P.data(), mm, 0.0, GP.data(), ld);
       int64_t bad = -1;
       if (dense::qr(ld, knew, GP.data(), ld, R, 1e-10, bad)) break;
@@ -324,7 +355,7 @@ class Solver {
       --knew;
     }
     if (knew == 0) {
-      rec.u.clear();
+      U.clear();
       rec.dim = 0;
       return 0;
     }
@@ -334,20 +365,34 @@ class Solver {
     Vec Pt(static_cast<size_t>(std::max<int64_t>(kc, 1) * knew));
     for (int64_t j = 0; j < knew; ++j)
       for (int32_t i = 0; i < kc; ++i) Pt[i + j * kc] = D[i] * P[i + j * mm];
-    dense::gemm(false, false, n, knew, kc, 1.0, rec.u.data(), n, Pt.data(), std::max(kc, 1), 0.0,
+    dense::gemm(false, false, n, knew, kc, 1.0, U.data(), n, Pt.data(), std::max(kc, 1), 0.0,
                 Un.data(), n);
     dense::gemm(false, false, n, knew, p, 1.0, W_.data() + kc * n, n, P.data() + kc, mm, 1.0,
                 Un.data(), n);
     dense::trsm_right_upper(n, knew, R.data(), knew, Un.data(), n);
     std::copy(Cn.begin(), Cn.end(), W_.begin());
-    rec.u = std::move(Un);
+    U = std::move(Un);
     rec.dim = static_cast<int32_t>(knew);
     rec.n = n;
+    rec.is_complex = !std::is_same_v<T, double>;
     return rec.dim;
   }
 
-  const Operator& A_;
-  detail::PrecondApply& M_;
+  // Indices 0..count-1 with a finite magnitude, sorted by it (stable).
+  template <class F>
+  static std::vector<int64_t> by_magnitude(int64_t count, F mag) {
+    std::vector<int64_t> order;
+    RVec v(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      v[i] = mag(i);
+      if (std::isfinite(v[i])) order.push_back(i);
+    }
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return v[a] < v[b]; });
+    return order;
+  }
+
+  const OperatorT<T>& A_;
+  detail::PrecondApply<T>& M_;
   const Options& opt_;
   Result& res_;
   double* hist_;
@@ -357,13 +402,15 @@ class Solver {
   Vec W_;
 };
 
-bool all_finite(const double* v, int64_t n) {
+template <class T>
+bool all_finite(const T* v, int64_t n) {
   for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(v[i])) return false;
+    if (!finite(v[i])) return false;
   return true;
 }
 
-Status solve(const Operator& A, const Preconditioner& M, const double* b, double* x,
+template <class T>
+Status solve(const OperatorT<T>& A, const PreconditionerT<T>& M, const T* b, T* x,
              const Options& opt, Recycle* rec, int32_t k, Result* result, double* history,
              int64_t cap) {
   if (result == nullptr) return fail(Status::invalid_argument, "null result");
@@ -401,20 +448,27 @@ Status solve(const Operator& A, const Preconditioner& M, const double* b, double
   if (n > 0 && (b == nullptr || x == nullptr)) return fail(Status::invalid_argument, "null b or x");
   if (!all_finite(b, n)) return fail(Status::invalid_argument, "b contains NaN or infinity");
   if (!all_finite(x, n)) return fail(Status::invalid_argument, "x0 contains NaN or infinity");
+  constexpr bool is_complex = !std::is_same_v<T, double>;
+  if (rec && rec->dim > 0 && rec->is_complex != is_complex) {
+    return fail(Status::invalid_argument, std::string("recycle: the space holds ") +
+                                              (rec->is_complex ? "complex" : "real") +
+                                              " vectors, this system is " +
+                                              (is_complex ? "complex" : "real"));
+  }
   if (rec && rec->dim > 0 && rec->n != n) {
     return fail(Status::invalid_argument, "recycle: the space was built for n = " +
                                               std::to_string(rec->n) + ", this system has n = " +
                                               std::to_string(n));
   }
   std::string err;
-  std::unique_ptr<detail::PrecondApply> Mi = detail::make_precond(A, M, err);
+  std::unique_ptr<detail::PrecondApply<T>> Mi = detail::make_precond(A, M, err);
   if (!Mi) return fail(Status::invalid_argument, err);
   if (n == 0) {
     result->converged = 1;
     return fastpaper::detail::succeed();
   }
   dense::single_threaded_blas();
-  Solver s(A, *Mi, opt, *result, history, cap);
+  Solver<T> s(A, *Mi, opt, *result, history, cap);
   err = s.run(b, x, rec, k);
   if (!err.empty()) return fail(Status::invalid_argument, err);
   return fastpaper::detail::succeed();
@@ -431,8 +485,20 @@ Status gcrodr(const Operator& A, const Preconditioner& M, const double* b, doubl
                history_capacity);
 }
 
+Status gcrodr(const OperatorZ& A, const PreconditionerZ& M, const Z* b, Z* x, const Options& opt,
+              Recycle* recycle, Result* result, double* history, int64_t history_capacity) {
+  Recycle local;
+  return solve(A, M, b, x, opt, recycle ? recycle : &local, opt.k, result, history,
+               history_capacity);
+}
+
 Status gmres(const Operator& A, const Preconditioner& M, const double* b, double* x,
              const Options& opt, Result* result, double* history, int64_t history_capacity) {
+  return solve(A, M, b, x, opt, nullptr, 0, result, history, history_capacity);
+}
+
+Status gmres(const OperatorZ& A, const PreconditionerZ& M, const Z* b, Z* x, const Options& opt,
+             Result* result, double* history, int64_t history_capacity) {
   return solve(A, M, b, x, opt, nullptr, 0, result, history, history_capacity);
 }
 

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <complex>
 #include <cstdint>
 #include <vector>
 
@@ -15,7 +16,7 @@ namespace {
 
 // 2-D convection-diffusion on an s x s interior grid: -Lap u + c * du/dx, central differences
 // (nonsymmetric for c != 0), scaled by h^2. `shift` perturbs the diagonal to make a sequence.
-struct Csr {
+struct Grid {
   std::vector<int32_t> p, j;
   std::vector<double> v;
   int64_t n;
@@ -30,8 +31,8 @@ struct Csr {
   }
 };
 
-Csr convdiff(int s, double c, double shift) {
-  Csr A;
+Grid convdiff(int s, double c, double shift) {
+  Grid A;
   A.n = static_cast<int64_t>(s) * s;
   const double h = 1.0 / (s + 1);
   A.p.push_back(0);
@@ -53,7 +54,7 @@ Csr convdiff(int s, double c, double shift) {
   return A;
 }
 
-double true_residual(const Csr& A, const std::vector<double>& b, const std::vector<double>& x) {
+double true_residual(const Grid& A, const std::vector<double>& b, const std::vector<double>& x) {
   std::vector<double> ax(b.size());
   EXPECT_EQ(spmv(A.view(), x.data(), ax.data()), Status::ok);
   double s = 0;
@@ -76,7 +77,7 @@ double norm(const std::vector<double>& v) {
 }  // namespace
 
 TEST(Krylov, SpmvMatchesDense) {
-  Csr A = convdiff(4, 10.0, 0.0);
+  Grid A = convdiff(4, 10.0, 0.0);
   std::vector<double> x(A.n), y(A.n);
   for (int64_t i = 0; i < A.n; ++i) x[i] = i + 1.0;
   ASSERT_EQ(spmv(A.view(), x.data(), y.data()), Status::ok);
@@ -88,7 +89,7 @@ TEST(Krylov, SpmvMatchesDense) {
 }
 
 TEST(Krylov, GmresAndGcrodrReachTolerance) {
-  Csr A = convdiff(20, 30.0, 0.0);
+  Grid A = convdiff(20, 30.0, 0.0);
   const auto b = rhs(A.n);
   Operator op;
   op.csr = nullptr;
@@ -121,7 +122,7 @@ TEST(Krylov, RecyclingCarriesAcrossSystemsAndSavesMatvecs) {
   ASSERT_EQ(recycle_create(&rec), Status::ok);
   int64_t fresh_total = 0, recycled_total = 0;
   for (int i = 0; i < 4; ++i) {
-    Csr A = convdiff(24, 20.0, 0.01 * i);
+    Grid A = convdiff(24, 20.0, 0.01 * i);
     CsrMatrix view = A.view();
     Operator op;
     op.csr = &view;
@@ -143,7 +144,7 @@ TEST(Krylov, RecyclingCarriesAcrossSystemsAndSavesMatvecs) {
 }
 
 TEST(Krylov, PreconditionersConvergeWithTrueResidual) {
-  Csr A = convdiff(20, 30.0, 0.0);
+  Grid A = convdiff(20, 30.0, 0.0);
   CsrMatrix view = A.view();
   Operator op;
   op.csr = &view;
@@ -169,7 +170,7 @@ TEST(Krylov, PreconditionersConvergeWithTrueResidual) {
 
 TEST(Krylov, HappyBreakdownAndAlreadyConverged) {
   // A diagonal matrix with 3 distinct eigenvalues: the Krylov space is invariant after 3 steps.
-  Csr D;
+  Grid D;
   D.n = 30;
   D.p.push_back(0);
   for (int i = 0; i < 30; ++i) {
@@ -199,7 +200,7 @@ TEST(Krylov, HappyBreakdownAndAlreadyConverged) {
 }
 
 TEST(Krylov, RejectsBadInput) {
-  Csr A = convdiff(5, 1.0, 0.0);
+  Grid A = convdiff(5, 1.0, 0.0);
   CsrMatrix view = A.view();
   Operator op;
   op.csr = &view;
@@ -226,7 +227,7 @@ TEST(Krylov, RejectsBadInput) {
   op.csr = &oob;
   EXPECT_EQ(gcrodr(op, {}, b.data(), x.data(), opt, nullptr, &res, nullptr, 0), Status::invalid_argument);
   // ILU(0) needs the diagonal
-  Csr Z = convdiff(3, 0.0, 0.0);
+  Grid Z = convdiff(3, 0.0, 0.0);
   for (size_t e = 0; e < Z.j.size(); ++e)
     if (Z.v[e] == 4.0) Z.v[e] = 0.0;
   CsrMatrix zv = Z.view();
@@ -235,4 +236,53 @@ TEST(Krylov, RejectsBadInput) {
   M.kind = Precond::jacobi;
   std::vector<double> bz(Z.n, 1.0), xz(Z.n, 0.0);
   EXPECT_EQ(gcrodr(op, M, bz.data(), xz.data(), opt, nullptr, &res, nullptr, 0), Status::invalid_argument);
+}
+
+TEST(Krylov, ComplexShiftedSystemWithRecycling) {
+  // (A + i s I) x = b, A the convection-diffusion matrix: complex non-Hermitian.
+  Grid R = convdiff(16, 10.0, 0.0);
+  using Zc = std::complex<double>;
+  std::vector<Zc> v(R.v.begin(), R.v.end());
+  for (int64_t r = 0; r < R.n; ++r)
+    for (int32_t e = R.p[r]; e < R.p[r + 1]; ++e)
+      if (R.j[e] == r) v[e] += Zc(0.0, 0.3);
+  CsrMatrixZ A;
+  A.rows = A.cols = R.n;
+  A.indptr = R.p.data();
+  A.indices = R.j.data();
+  A.values = v.data();
+  OperatorZ op;
+  op.csr = &A;
+  std::vector<Zc> b(R.n);
+  for (int64_t i = 0; i < R.n; ++i) b[i] = Zc(std::sin(0.3 * i), std::cos(0.7 * i));
+  Options opt;
+  opt.m = 20;
+  opt.k = 6;
+  opt.rtol = 1e-10;
+  Recycle* rec = nullptr;
+  ASSERT_EQ(recycle_create(&rec), Status::ok);
+  for (int solve = 0; solve < 2; ++solve) {
+    std::vector<Zc> x(R.n, Zc(0)), ax(R.n);
+    Result res;
+    ASSERT_EQ(gcrodr(op, PreconditionerZ{}, b.data(), x.data(), opt, rec, &res, nullptr, 0), Status::ok)
+        << last_error();
+    EXPECT_TRUE(res.converged);
+    ASSERT_EQ(spmv(A, x.data(), ax.data()), Status::ok);
+    double rn = 0, bn = 0;
+    for (int64_t i = 0; i < R.n; ++i) {
+      rn += std::norm(b[i] - ax[i]);
+      bn += std::norm(b[i]);
+    }
+    EXPECT_LE(std::sqrt(rn), 1e-10 * std::sqrt(bn) * (1 + 1e-9));
+    EXPECT_TRUE(recycle_is_complex(rec));
+  }
+  // a complex space cannot serve a real system
+  Grid Rr = convdiff(16, 10.0, 0.0);
+  CsrMatrix view = Rr.view();
+  Operator rop;
+  rop.csr = &view;
+  std::vector<double> br(Rr.n, 1.0), xr(Rr.n, 0.0);
+  Result res;
+  EXPECT_EQ(gcrodr(rop, {}, br.data(), xr.data(), opt, rec, &res, nullptr, 0), Status::invalid_argument);
+  recycle_destroy(rec);
 }

@@ -1,6 +1,7 @@
 // fastpaper::krylov — restarted GMRES(m) and GCRO-DR(m, k) with a recycle space carried across a
 // sequence of linear systems A_i x_i = b_i (Parks, de Sturler, Mackey, Johnson, Maiti 2006; used by
-// SKR, Wang et al. 2024). Real float64, CPU; BLAS/LAPACK from scipy-openblas32.
+// SKR, Wang et al. 2024). Scalars float64 and complex128 (transposes below are conjugate
+// transposes for complex), CPU; BLAS/LAPACK from scipy-openblas32.
 //
 // Operators. A is n x n, either a CSR matrix (int32 or int64 indices, float64 values) or a callback
 // y = A x. Right preconditioning: the solver works with A M^{-1} and returns x = M^{-1} y, so every
@@ -28,6 +29,7 @@
 // GMRES(m) is the same loop with k = 0 and no recycle space.
 #pragma once
 
+#include <complex>
 #include <cstddef>
 #include <cstdint>
 
@@ -37,36 +39,47 @@ namespace fastpaper::krylov {
 
 enum class Index : int32_t { int32 = 0, int64 = 1 };
 
-// A read-only CSR matrix. indptr has rows + 1 entries, indices and values have indptr[rows]
-// entries; column indices must lie in [0, cols). For ILU(0) the diagonal must be present in every
-// row and the indices of a row sorted.
-struct CsrMatrix {
+// A read-only CSR matrix with values of type T (double or std::complex<double>). indptr has
+// rows + 1 entries, indices and values have indptr[rows] entries; column indices must lie in
+// [0, cols). For ILU(0) the diagonal must be present in every row and the indices of a row sorted.
+template <class T>
+struct Csr {
   int64_t rows = 0;
   int64_t cols = 0;
   Index index = Index::int32;
   const void* indptr = nullptr;   // int32_t* or int64_t*
   const void* indices = nullptr;  // int32_t* or int64_t*
-  const double* values = nullptr;
+  const T* values = nullptr;
 };
+using CsrMatrix = Csr<double>;
+using CsrMatrixZ = Csr<std::complex<double>>;
 
 // y = op(x) for vectors of length n. Returns 0 on success; anything else aborts the solve with
 // Status::invalid_argument ("callback failed"), e.g. to propagate a Python exception.
-using ApplyFn = int (*)(void* ctx, const double* x, double* y);
+template <class T>
+using ApplyFnT = int (*)(void* ctx, const T* x, T* y);
+using ApplyFn = ApplyFnT<double>;
 
-struct Operator {
-  const CsrMatrix* csr = nullptr;  // used when not null ...
-  ApplyFn apply = nullptr;         // ... else this callback, with n = `n`
+template <class T>
+struct OperatorT {
+  const Csr<T>* csr = nullptr;  // used when not null ...
+  ApplyFnT<T> apply = nullptr;  // ... else this callback, with n = `n`
   void* ctx = nullptr;
   int64_t n = 0;
 };
+using Operator = OperatorT<double>;
+using OperatorZ = OperatorT<std::complex<double>>;
 
 enum class Precond : int32_t { none = 0, jacobi = 1, ilu0 = 2, callback = 3 };
 
-struct Preconditioner {
+template <class T>
+struct PreconditionerT {
   Precond kind = Precond::none;
-  ApplyFn apply = nullptr;  // for Precond::callback: y = M^{-1} x
+  ApplyFnT<T> apply = nullptr;  // for Precond::callback: y = M^{-1} x
   void* ctx = nullptr;
 };
+using Preconditioner = PreconditionerT<double>;
+using PreconditionerZ = PreconditionerT<std::complex<double>>;
 
 // Called after every Arnoldi step with the running iteration count and the residual estimate;
 // return non-zero to stop the solve early (Result::converged then reflects the true residual).
@@ -96,19 +109,24 @@ struct Result {
 };
 
 // The recycle space U (n x k, column-major) carried from one solve to the next. Opaque; create with
-// recycle_create, free with recycle_destroy. A fresh space is empty (dim 0).
+// recycle_create, free with recycle_destroy. A fresh space is empty (dim 0). A space holds real or
+// complex vectors, fixed by the first solve or set that fills it; the other kind is rejected.
 struct Recycle;
 FASTPAPER_API Status recycle_create(Recycle** out);
 FASTPAPER_API void recycle_destroy(Recycle* r);
 FASTPAPER_API int64_t recycle_n(const Recycle* r);
 FASTPAPER_API int32_t recycle_dim(const Recycle* r);
+FASTPAPER_API bool recycle_is_complex(const Recycle* r);
 // Copies U into out[n * dim] (column-major).
 FASTPAPER_API Status recycle_get(const Recycle* r, double* out);
+FASTPAPER_API Status recycle_get(const Recycle* r, std::complex<double>* out);
 // Replaces U by u[n * dim] (column-major); dim = 0 empties the space.
 FASTPAPER_API Status recycle_set(Recycle* r, int64_t n, int32_t dim, const double* u);
+FASTPAPER_API Status recycle_set(Recycle* r, int64_t n, int32_t dim, const std::complex<double>* u);
 
 // y = A x for a CSR matrix (OpenMP over rows).
 FASTPAPER_API Status spmv(const CsrMatrix& A, const double* x, double* y);
+FASTPAPER_API Status spmv(const CsrMatrixZ& A, const std::complex<double>* x, std::complex<double>* y);
 
 // Solves A x = b by GCRO-DR(opt.m, opt.k). x holds x0 on entry and the solution on exit.
 // `recycle` (may be null: a fresh space used for this solve only) is read and updated.
@@ -118,8 +136,17 @@ FASTPAPER_API Status gcrodr(const Operator& A, const Preconditioner& M, const do
                             const Options& opt, Recycle* recycle, Result* result,
                             double* history, int64_t history_capacity);
 
+FASTPAPER_API Status gcrodr(const OperatorZ& A, const PreconditionerZ& M,
+                            const std::complex<double>* b, std::complex<double>* x,
+                            const Options& opt, Recycle* recycle, Result* result,
+                            double* history, int64_t history_capacity);
+
 // Restarted GMRES(opt.m) on the same code path (opt.k is ignored, no recycling).
 FASTPAPER_API Status gmres(const Operator& A, const Preconditioner& M, const double* b, double* x,
+                           const Options& opt, Result* result, double* history,
+                           int64_t history_capacity);
+FASTPAPER_API Status gmres(const OperatorZ& A, const PreconditionerZ& M,
+                           const std::complex<double>* b, std::complex<double>* x,
                            const Options& opt, Result* result, double* history,
                            int64_t history_capacity);
 
