@@ -98,7 +98,7 @@ def _ok(A, x, b, rtol):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--family", default="darcy", choices=("darcy", "poisson", "convdiff"))
+    ap.add_argument("--family", default="darcy", choices=("darcy", "poisson", "convdiff", "helmholtz"))
     ap.add_argument("--grid", type=int, default=102, help="nodes per side (unknowns (grid-2)^2)")
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--rtol", type=float, default=1e-8)

@@ -48,8 +48,18 @@ def _max_error_convdiff(g):
     return np.abs(spl.spsolve(A.tocsc(), f[1:-1, 1:-1].ravel()) - u[1:-1, 1:-1].ravel()).max()
 
 
+def _max_error_helmholtz(g):
+    # no absorption, constant k = 5: -Lap u - 25 u = (2 pi^2 - 25) u for u = sin(pi x) sin(pi y)
+    X, Y = _grid(g)
+    fam = pde.Helmholtz(g, sigma0=0.0)
+    u = np.sin(np.pi * X) * np.sin(np.pi * Y)
+    f = (2 * np.pi ** 2 - 25.0) * u
+    A, b = fam.assemble(np.full((g, g), 5.0), f[1:-1, 1:-1])
+    return np.abs(spl.spsolve(A.tocsc(), b) - u[1:-1, 1:-1].ravel()).max()
+
+
 @pytest.mark.parametrize("err,order", [(_max_error_darcy, 2), (_max_error_poisson, 2),
-                                       (_max_error_convdiff, 1)])
+                                       (_max_error_convdiff, 1), (_max_error_helmholtz, 2)])
 def test_manufactured_solutions_converge_at_the_stencil_order(err, order):
     e1, e2 = err(33), err(65)
     assert e2 < e1
@@ -69,11 +79,15 @@ def test_gcrodr_matches_spsolve_on_every_family(family):
 
 
 def test_symmetry_of_the_operators():
-    for family, symmetric in (("darcy", True), ("poisson", True), ("convdiff", False)):
+    for family, symmetric in (("darcy", True), ("poisson", True), ("convdiff", False),
+                              ("helmholtz", True)):
         fam = pde.make_family(family, 20)
         A, _ = fam.assemble(fam.sample(0))
         asym = abs(A - A.T).max()
         assert (asym < 1e-12) == symmetric
+    # Helmholtz with absorption is complex symmetric, not Hermitian
+    A, _ = pde.make_family("helmholtz", 20).assemble(pde.make_family("helmholtz", 20).sample(0))
+    assert A.dtype == np.complex128 and abs(A - A.conj().T).max() > 1e-3
 
 
 def test_sampling_is_reproducible_per_index():

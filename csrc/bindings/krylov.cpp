@@ -2,6 +2,7 @@
 // input (scipy.sparse, LinearOperator, callables) into the flat arrays and callables taken here.
 #include "fastpaper/krylov.h"
 
+#include <nanobind/stl/complex.h>
 #include <nanobind/stl/string.h>
 
 #include <memory>
@@ -15,8 +16,13 @@ using namespace fastpaper;
 
 namespace {
 
-using F64 = nb::ndarray<double, nb::c_contig, nb::device::cpu>;
-using ConstF64 = nb::ndarray<const double, nb::c_contig, nb::device::cpu>;
+using Zc = std::complex<double>;
+template <class T>
+using Arr = nb::ndarray<T, nb::c_contig, nb::device::cpu>;
+template <class T>
+using ConstArr = nb::ndarray<const T, nb::c_contig, nb::device::cpu>;
+using F64 = Arr<double>;
+using ConstF64 = ConstArr<double>;
 using AnyArray = nb::ndarray<nb::c_contig, nb::device::cpu>;
 
 template <class T>
@@ -36,8 +42,9 @@ krylov::Index index_of(const AnyArray& a, const char* name) {
   throw nb::type_error((std::string(name) + ": expected int32 or int64 indices").c_str());
 }
 
-krylov::CsrMatrix csr_of(int64_t rows, int64_t cols, const AnyArray& indptr,
-                         const AnyArray& indices, const ConstF64& values) {
+template <class T>
+krylov::Csr<T> csr_of(int64_t rows, int64_t cols, const AnyArray& indptr,
+                      const AnyArray& indices, const ConstArr<T>& values) {
   const krylov::Index ix = index_of(indptr, "A.indptr");
   if (index_of(indices, "A.indices") != ix) {
     throw nb::type_error("A.indices and A.indptr must have the same integer type");
@@ -56,7 +63,7 @@ krylov::CsrMatrix csr_of(int64_t rows, int64_t cols, const AnyArray& indptr,
   if (nnz != static_cast<int64_t>(values.size())) {
     throw nb::value_error("A: indptr[-1] must equal the number of stored entries");
   }
-  krylov::CsrMatrix A;
+  krylov::Csr<T> A;
   A.rows = rows;
   A.cols = cols;
   A.index = ix;
@@ -68,23 +75,24 @@ krylov::CsrMatrix csr_of(int64_t rows, int64_t cols, const AnyArray& indptr,
 
 // A Python callable y = f(x) behind krylov::ApplyFn. The first exception raised is kept and
 // re-raised after the solve; the solver then stops with "callback failed".
+template <class T>
 struct PyApply {
   nb::object fn;
   int64_t n = 0;
   std::optional<nb::python_error> error;
 
-  static int call(void* ctx, const double* x, double* y) {
+  static int call(void* ctx, const T* x, T* y) {
     auto* self = static_cast<PyApply*>(ctx);
     nb::gil_scoped_acquire gil;
     try {
       size_t shape[1] = {static_cast<size_t>(self->n)};
-      nb::ndarray<nb::numpy, const double, nb::ndim<1>> xv(x, 1, shape, nb::handle());
+      nb::ndarray<nb::numpy, const T, nb::ndim<1>> xv(x, 1, shape, nb::handle());
       nb::object out = self->fn(xv);
-      auto arr = nb::cast<nb::ndarray<const double, nb::c_contig, nb::device::cpu>>(out);
+      auto arr = nb::cast<ConstArr<T>>(out);
       if (static_cast<int64_t>(arr.size()) != self->n) {
         throw nb::value_error("callback returned an array of the wrong length");
       }
-      const double* src = arr.data();
+      const T* src = arr.data();
       for (int64_t i = 0; i < self->n; ++i) y[i] = src[i];
       return 0;
     } catch (nb::python_error& e) {
@@ -129,11 +137,14 @@ class RecycleSpace {
   RecycleSpace& operator=(const RecycleSpace&) = delete;
   int64_t n() const { return krylov::recycle_n(r_); }
   int32_t dim() const { return krylov::recycle_dim(r_); }
-  void get(F64 out) {
+  bool is_complex() const { return krylov::recycle_is_complex(r_); }
+  template <class T>
+  void get(Arr<T> out) {
     check_len(out, "out", bindings::checked_mul(n(), dim(), "U"));
     bindings::raise_if_failed(krylov::recycle_get(r_, out.data()));
   }
-  void set(int64_t n, int32_t dim, ConstF64 u) {
+  template <class T>
+  void set(int64_t n, int32_t dim, ConstArr<T> u) {
     check_len(u, "U", bindings::checked_mul(n, dim, "U"));
     bindings::raise_if_failed(krylov::recycle_set(r_, n, dim, u.data()));
   }
@@ -143,36 +154,37 @@ class RecycleSpace {
   krylov::Recycle* r_ = nullptr;
 };
 
+template <class T>
 nb::dict solve(const std::string& method, int64_t n, nb::object A_csr, nb::object A_fn,
-               int precond, nb::object M_fn, ConstF64 b, F64 x, int m, int k, double rtol,
+               int precond, nb::object M_fn, ConstArr<T> b, Arr<T> x, int m, int k, double rtol,
                double atol, int64_t maxiter, RecycleSpace* recycle, nb::object monitor,
                F64 history) {
   if (method != "gcrodr" && method != "gmres") throw nb::value_error("method must be gcrodr or gmres");
   check_len(b, "b", n);
   check_len(x, "x0", n);
-  krylov::Operator op;
-  krylov::CsrMatrix csr;
-  PyApply a_cb, m_cb;
+  krylov::OperatorT<T> op;
+  krylov::Csr<T> csr;
+  PyApply<T> a_cb, m_cb;
   if (!A_csr.is_none()) {
     auto t = nb::cast<nb::tuple>(A_csr);
-    csr = csr_of(nb::cast<int64_t>(t[0]), nb::cast<int64_t>(t[1]), nb::cast<AnyArray>(t[2]),
-                 nb::cast<AnyArray>(t[3]), nb::cast<ConstF64>(t[4]));
+    csr = csr_of<T>(nb::cast<int64_t>(t[0]), nb::cast<int64_t>(t[1]), nb::cast<AnyArray>(t[2]),
+                    nb::cast<AnyArray>(t[3]), nb::cast<ConstArr<T>>(t[4]));
     if (csr.rows != n) throw nb::value_error("A: rows must equal len(b)");
     op.csr = &csr;
   } else {
     a_cb.fn = A_fn;
     a_cb.n = n;
-    op.apply = &PyApply::call;
+    op.apply = &PyApply<T>::call;
     op.ctx = &a_cb;
     op.n = n;
   }
-  krylov::Preconditioner M;
+  krylov::PreconditionerT<T> M;
   if (precond < 0 || precond > 3) throw nb::value_error("M: unknown preconditioner kind");
   M.kind = static_cast<krylov::Precond>(precond);
   if (M.kind == krylov::Precond::callback) {
     m_cb.fn = M_fn;
     m_cb.n = n;
-    M.apply = &PyApply::call;
+    M.apply = &PyApply<T>::call;
     M.ctx = &m_cb;
   }
   PyMonitor mon;
@@ -228,7 +240,7 @@ nb::dict solve(const std::string& method, int64_t n, nb::object A_csr, nb::objec
 
 void spmv(int64_t rows, int64_t cols, AnyArray indptr, AnyArray indices, ConstF64 values,
           ConstF64 x, F64 y) {
-  krylov::CsrMatrix A = csr_of(rows, cols, indptr, indices, values);
+  krylov::CsrMatrix A = csr_of<double>(rows, cols, indptr, indices, values);
   check_len(x, "x", cols);
   check_len(y, "y", rows);
   Status s;
@@ -247,9 +259,17 @@ NB_MODULE(_krylov, mod) {
       .def(nb::init<>())
       .def_prop_ro("n", &RecycleSpace::n)
       .def_prop_ro("dim", &RecycleSpace::dim)
-      .def("get", &RecycleSpace::get, nb::arg("out"))
-      .def("set", &RecycleSpace::set, nb::arg("n"), nb::arg("dim"), nb::arg("u"));
-  mod.def("solve", &solve, nb::arg("method"), nb::arg("n"), nb::arg("A_csr").none(),
+      .def_prop_ro("is_complex", &RecycleSpace::is_complex)
+      .def("get", &RecycleSpace::get<double>, nb::arg("out"))
+      .def("get_complex", &RecycleSpace::get<Zc>, nb::arg("out"))
+      .def("set", &RecycleSpace::set<double>, nb::arg("n"), nb::arg("dim"), nb::arg("u"))
+      .def("set_complex", &RecycleSpace::set<Zc>, nb::arg("n"), nb::arg("dim"), nb::arg("u"));
+  mod.def("solve", &solve<double>, nb::arg("method"), nb::arg("n"), nb::arg("A_csr").none(),
+          nb::arg("A_fn").none(), nb::arg("precond"), nb::arg("M_fn").none(), nb::arg("b"),
+          nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("rtol"), nb::arg("atol"),
+          nb::arg("maxiter"), nb::arg("recycle").none(), nb::arg("monitor").none(),
+          nb::arg("history"));
+  mod.def("solve_complex", &solve<Zc>, nb::arg("method"), nb::arg("n"), nb::arg("A_csr").none(),
           nb::arg("A_fn").none(), nb::arg("precond"), nb::arg("M_fn").none(), nb::arg("b"),
           nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("rtol"), nb::arg("atol"),
           nb::arg("maxiter"), nb::arg("recycle").none(), nb::arg("monitor").none(),

@@ -105,7 +105,7 @@ def _add_krylov(sub) -> None:
                                     "in sequence with GCRO-DR recycling and write parameters, "
                                     "solutions and statistics to a Zarr store. Resumable: rerun "
                                     "the same command after an interruption.")
-    g.add_argument("--family", choices=("darcy", "poisson", "convdiff"), default="darcy")
+    g.add_argument("--family", choices=("darcy", "poisson", "convdiff", "helmholtz"), default="darcy")
     g.add_argument("--grid", type=int, default=64, help="nodes per side, boundary included")
     g.add_argument("--count", type=int, default=100)
     g.add_argument("--out", required=True, help="Zarr store directory (e.g. data.zarr)")

@@ -1,6 +1,7 @@
 r"""Krylov solvers with subspace recycling for sequences of linear systems (SKR, Wang et al. 2024).
 
-Solves :math:`A_i x_i = b_i`, :math:`i = 1..N`, real float64, with
+Solves :math:`A_i x_i = b_i`, :math:`i = 1..N`, in float64 or complex128 (complex when A, b or
+x0 is; transposes are then conjugate transposes), with
 
 * :func:`gmres` -- restarted GMRES(m);
 * :func:`gcrodr` -- GCRO-DR(m, k) (Parks, de Sturler, Mackey, Johnson, Maiti 2006): each restart
@@ -95,18 +96,29 @@ class RecycleSpace:
         return int(self._space.n)
 
     @property
+    def is_complex(self) -> bool:
+        return bool(self._space.is_complex)
+
+    @property
     def U(self) -> np.ndarray:
-        out = np.empty(self.n * self.dim, dtype=np.float64)
-        self._space.get(out)
+        if self.is_complex:
+            out = np.empty(self.n * self.dim, dtype=np.complex128)
+            self._space.get_complex(out)
+        else:
+            out = np.empty(self.n * self.dim, dtype=np.float64)
+            self._space.get(out)
         return out.reshape(self.dim, self.n).T.copy()
 
     def set(self, U: Any) -> None:
-        U = np.asarray(U, dtype=np.float64)
+        U = np.asarray(U)
+        cplx = np.iscomplexobj(U)
+        U = U.astype(np.complex128 if cplx else np.float64)
         if U.ndim != 2:
             raise ValueError(f"U: expected a 2-D array (n, k), got shape {U.shape}")
         if not np.isfinite(U).all():
             raise ValueError("U: contains NaN or infinity")
-        self._space.set(U.shape[0], U.shape[1], np.ascontiguousarray(U.T).ravel())
+        flat = np.ascontiguousarray(U.T).ravel()
+        (self._space.set_complex if cplx else self._space.set)(U.shape[0], U.shape[1], flat)
 
     def reset(self) -> None:
         """Forget U (the next solve starts fresh)."""
@@ -116,7 +128,7 @@ class RecycleSpace:
 # ---- input conversion -----------------------------------------------------------------------------
 
 def _csr_of(A: Any):
-    """(n, csr tuple, matvec callable) for A, raising TypeError/ValueError naming A."""
+    """(n, csr tuple, matvec callable, is_complex) for A, raising TypeError/ValueError naming A."""
     import scipy.sparse as sp
 
     # A torch tensor implies torch is imported already; importing it here would cost seconds.
@@ -134,9 +146,10 @@ def _csr_of(A: Any):
             raise ValueError(f"A: expected a 2-D matrix, got {A.ndim} dimensions")
         if A.shape[0] != A.shape[1]:
             raise ValueError(f"A: must be square, got shape {A.shape}")
-        if np.iscomplexobj(A.data if sp.issparse(A) else A):
-            raise TypeError("A: complex matrices are not supported yet (real float64 only)")
-        A = sp.csr_array(A, dtype=np.float64)
+        cplx = np.iscomplexobj(A.data if sp.issparse(A) else A)
+        if not cplx and not np.issubdtype((A.data if sp.issparse(A) else A).dtype, np.number):
+            raise TypeError(f"A: expected a numeric matrix, got dtype {A.dtype}")
+        A = sp.csr_array(A, dtype=np.complex128 if cplx else np.float64)
         if not A.has_canonical_format:
             A = A.copy()
             A.sum_duplicates()  # also sorts the indices (needed by ILU(0))
@@ -145,22 +158,24 @@ def _csr_of(A: Any):
         idx = np.int32 if A.indptr.dtype == np.int32 and A.indices.dtype == np.int32 else np.int64
         csr = (A.shape[0], A.shape[1], np.ascontiguousarray(A.indptr, dtype=idx),
                np.ascontiguousarray(A.indices, dtype=idx), np.ascontiguousarray(A.data))
-        return A.shape[0], csr, None
+        return A.shape[0], csr, None, cplx
     from scipy.sparse.linalg import LinearOperator
 
     if isinstance(A, LinearOperator):
         if A.shape[0] != A.shape[1]:
             raise ValueError(f"A: must be square, got shape {A.shape}")
-        if np.dtype(A.dtype).kind == "c":
-            raise TypeError("A: complex operators are not supported yet (real float64 only)")
-        return A.shape[0], None, _vector_fn(A.matvec, A.shape[0], "A")
+        cplx = np.dtype(A.dtype).kind == "c"
+        return A.shape[0], None, A.matvec, cplx
     raise TypeError("A: expected a scipy.sparse matrix, a 2-D numpy array, a "
                     f"scipy.sparse.linalg.LinearOperator or a torch sparse CSR tensor, got {type(A).__name__}")
 
 
-def _vector_fn(f: Callable, n: int, name: str) -> Callable:
+def _vector_fn(f: Callable, n: int, name: str, dtype=np.float64) -> Callable:
     def apply(x: np.ndarray) -> np.ndarray:
-        y = np.ascontiguousarray(np.asarray(f(x), dtype=np.float64).reshape(-1))
+        y = np.asarray(f(x))
+        if np.iscomplexobj(y) and dtype != np.complex128:
+            raise TypeError(f"{name}: returned complex values for a real system")
+        y = np.ascontiguousarray(y, dtype=dtype).reshape(-1)
         if y.shape[0] != n:
             raise ValueError(f"{name}: returned {y.shape[0]} values, expected {n}")
         return y
@@ -168,7 +183,7 @@ def _vector_fn(f: Callable, n: int, name: str) -> Callable:
     return apply
 
 
-def _precond_of(M: Any, n: int):
+def _precond_of(M: Any, n: int, dtype=np.float64):
     """(kind, callable or None) for M: None, "jacobi", "ilu0", or an approximation of A^{-1}."""
     if M is None or isinstance(M, str):
         if M not in _PRECONDS:
@@ -180,17 +195,18 @@ def _precond_of(M: Any, n: int):
     if isinstance(M, LinearOperator) or sp.issparse(M) or isinstance(M, np.ndarray):
         if M.shape != (n, n):
             raise ValueError(f"M: expected shape {(n, n)}, got {M.shape}")
-        return 3, _vector_fn(M.matvec if isinstance(M, LinearOperator) else M.__matmul__, n, "M")
+        return 3, _vector_fn(M.matvec if isinstance(M, LinearOperator) else M.__matmul__, n, "M",
+                             dtype)
     if callable(M):
-        return 3, _vector_fn(M, n, "M")
+        return 3, _vector_fn(M, n, "M", dtype)
     raise TypeError(f"M: expected None, 'jacobi', 'ilu0', a LinearOperator or a callable, got {type(M).__name__}")
 
 
-def _vector(v: Any, n: int, name: str) -> np.ndarray:
+def _vector(v: Any, n: int, name: str, dtype=np.float64) -> np.ndarray:
     a = np.asarray(v)
-    if np.iscomplexobj(a):
-        raise TypeError(f"{name}: complex vectors are not supported yet (real float64 only)")
-    a = np.array(a, dtype=np.float64).reshape(-1) if a.ndim <= 2 else None
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise TypeError(f"{name}: expected numbers, got dtype {a.dtype}")
+    a = np.array(a, dtype=dtype).reshape(-1) if a.ndim <= 2 else None
     if a is None or a.shape[0] != n:
         raise ValueError(f"{name}: expected {n} values (A is {n} x {n}), got shape {np.shape(v)}")
     if not np.isfinite(a).all():
@@ -205,9 +221,17 @@ def _check_int(v: Any, name: str, low: int) -> int:
 
 
 def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter):
-    n, csr, afn = _csr_of(A)
-    b = _vector(b, n, "b")
-    x = np.zeros(n) if x0 is None else _vector(x0, n, "x0")
+    n, csr, afn, cplx = _csr_of(A)
+    # complex arithmetic when A, b or x0 is complex (a real A is then promoted)
+    cplx = (cplx or np.iscomplexobj(np.asarray(b))
+            or (x0 is not None and np.iscomplexobj(np.asarray(x0))))
+    dtype = np.complex128 if cplx else np.float64
+    if csr is not None and csr[4].dtype != dtype:
+        csr = (*csr[:4], csr[4].astype(dtype))
+    if afn is not None:
+        afn = _vector_fn(afn, n, "A", dtype)
+    b = _vector(b, n, "b", dtype)
+    x = np.zeros(n, dtype=dtype) if x0 is None else _vector(x0, n, "x0", dtype)
     m = _check_int(m, "m", 1)
     k = _check_int(k, "k", 0)
     if method == "gcrodr" and k >= m:
@@ -216,11 +240,14 @@ def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxite
         if not (isinstance(v, (int, float, np.floating)) and np.isfinite(v) and v >= 0):
             raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
     maxiter = 10000 if maxiter is None else _check_int(maxiter, "maxiter", 0)
-    kind, mfn = _precond_of(M, n)
+    kind, mfn = _precond_of(M, n, dtype)
     if recycle is not None and not isinstance(recycle, RecycleSpace):
         raise TypeError(f"recycle: expected a fastpaper.krylov.RecycleSpace, got {type(recycle).__name__}")
     if recycle is not None and recycle.dim > 0 and recycle.n != n:
         raise ValueError(f"recycle: the space holds vectors of length {recycle.n}, A is {n} x {n}")
+    if recycle is not None and recycle.dim > 0 and recycle.is_complex != cplx:
+        raise ValueError("recycle: the space holds " + ("complex" if recycle.is_complex else "real")
+                         + " vectors, this system is " + ("complex" if cplx else "real"))
     monitor = None
     if callback is not None:
         if not callable(callback):
@@ -229,8 +256,9 @@ def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxite
     # one entry per Arnoldi step, one per cycle (>= m - k - 1 steps unless it converges) and x0's
     history = np.zeros(maxiter + maxiter // max(m - k - 1, 1) + 8)
     t0 = time.perf_counter()
-    d = _C.solve(method, n, csr, afn, kind, mfn, b, x, m, k, float(rtol), float(atol), maxiter,
-                 recycle._space if recycle is not None else None, monitor, history)
+    entry = _C.solve_complex if cplx else _C.solve
+    d = entry(method, n, csr, afn, kind, mfn, b, x, m, k, float(rtol), float(atol), maxiter,
+              recycle._space if recycle is not None else None, monitor, history)
     seconds = time.perf_counter() - t0
     info = SolveInfo(
         converged=d["converged"], iterations=d["iterations"], matvecs=d["matvecs"],
@@ -249,8 +277,8 @@ def gcrodr(A, b, x0=None, *, rtol: float = 1e-8, atol: float = 0.0, m: int = 40,
     ----------
     A : scipy.sparse matrix/array (any format; converted to CSR, int32 or int64 indices),
         2-D numpy array, ``scipy.sparse.linalg.LinearOperator`` or torch sparse CSR tensor; (n, n),
-        real.
-    b : array of n real values.
+        real or complex.
+    b : array of n values (real or complex).
     x0 : initial guess (default zeros).
     rtol, atol : stop when :math:`\|b - A x\|_2 \le \max(\text{rtol}\,\|b\|_2, \text{atol})`.
     m : Arnoldi vectors per cycle (restart length), >= 1.
@@ -265,7 +293,7 @@ def gcrodr(A, b, x0=None, *, rtol: float = 1e-8, atol: float = 0.0, m: int = 40,
 
     Returns
     -------
-    x : ndarray (n,) float64
+    x : ndarray (n,) float64, or complex128 for a complex system
     info : :class:`SolveInfo`
     """
     return _solve("gcrodr", A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter)

@@ -3,7 +3,7 @@
 Store layout (``zarr`` >= 3, one chunk per sample so that every write is independent):
 
 * ``params``    (count, grid, grid) float64 -- the sampled parameter (sample i from seed and i)
-* ``solutions`` (count, grid-2, grid-2) float64 -- interior solution of sample i
+* ``solutions`` (count, grid-2, grid-2) float64 (complex128 for helmholtz) -- interior solution
 * ``stats``     (count, 6) float64 -- iterations, matvecs, relative residual, converged, seconds,
   position in the solve order
 * ``order``     (count,) int64 -- the solve order (from :func:`fastpaper.krylov.sort_systems`)
@@ -96,8 +96,9 @@ def generate(family: str, grid: int, count: int, out: str, *, seed: int = 0,
         g.attrs["stats_columns"] = list(STATS_COLUMNS)
         g.create_array("params", shape=(count, grid, grid), chunks=(1, grid, grid), dtype="f8",
                        fill_value=np.nan)
-        g.create_array("solutions", shape=(count, s, s), chunks=(1, s, s), dtype="f8",
-                       fill_value=np.nan)
+        cplx = np.iscomplexobj(fam.assemble(fam.sample(0, seed))[1])
+        g.create_array("solutions", shape=(count, s, s), chunks=(1, s, s),
+                       dtype="c16" if cplx else "f8", fill_value=np.nan)
         g.create_array("stats", shape=(count, len(STATS_COLUMNS)), chunks=(1, len(STATS_COLUMNS)),
                        dtype="f8", fill_value=np.nan)
         g.create_array("order", shape=(count,), chunks=(count,), dtype="i8", fill_value=-1)

@@ -17,6 +17,10 @@ it and in whatever order. :meth:`Family.assemble` returns ``(A, b)`` with A a
 * ``poisson``: :math:`-\Delta u = f` with random Gaussian sources f and random smooth boundary
   data g (Chebyshev polynomials of degree <= 5); param = f in the interior and g on the boundary.
   A is the same for every sample (a direct factorization then wins; kept as the paper's case).
+* ``helmholtz``: :math:`-\Delta u - k(x)^2 (1 + i\sigma(x)) u = f`, complex non-Hermitian:
+  wave number :math:`k = k_0 (1 + 0.25 g)` with g a Gaussian random field (param = k), an
+  absorbing layer :math:`\sigma = \sigma_0 ((L - d)/L)^2` within distance L = 0.1 of the boundary
+  (d: distance to it), Dirichlet u = 0 behind it, and a Gaussian point source f at the centre.
 * ``convdiff``: :math:`-\varepsilon \Delta u + v\cdot\nabla u = 1`, :math:`\varepsilon = 0.01`,
   divergence-free :math:`v = (\partial_y \psi, -\partial_x \psi)` from a random stream function
   :math:`\psi` (param), first-order upwind convection: nonsymmetric, an M-matrix.
@@ -28,7 +32,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Family", "Darcy", "Poisson", "ConvectionDiffusion", "FAMILIES", "make_family",
+__all__ = ["Family", "Darcy", "Poisson", "ConvectionDiffusion", "Helmholtz", "FAMILIES", "make_family",
            "gaussian_random_field", "sample_systems"]
 
 
@@ -210,7 +214,45 @@ class ConvectionDiffusion(Family):
         return A, np.ones(self.n)
 
 
-FAMILIES = {"darcy": Darcy, "poisson": Poisson, "convdiff": ConvectionDiffusion}
+class Helmholtz(Family):
+    name = "helmholtz"
+
+    def __init__(self, grid: int, k0: float = 20.0, sigma0: float = 1.0, layer: float = 0.1) -> None:
+        super().__init__(grid)
+        self.k0, self.sigma0, self.layer = k0, sigma0, layer
+
+    def sample(self, index: int, seed: int = 0) -> np.ndarray:
+        g = gaussian_random_field(self.grid, self.rng(index, seed), 2.5, 7.0)
+        return self.k0 * (1.0 + 0.25 * np.clip(g, -2.0, 2.0))
+
+    def absorption(self) -> np.ndarray:
+        """sigma at the interior nodes, (grid-2, grid-2)."""
+        t = np.linspace(0.0, 1.0, self.grid)[1:-1]
+        X, Y = np.meshgrid(t, t)
+        d = np.minimum(np.minimum(X, 1 - X), np.minimum(Y, 1 - Y))
+        return self.sigma0 * np.where(d < self.layer, ((self.layer - d) / self.layer) ** 2, 0.0)
+
+    def assemble(self, param, f: Optional[np.ndarray] = None):
+        """A u = b for wave numbers ``param`` (k at the nodes) and source f at the interior nodes
+        (default: a Gaussian of width 0.02 at the centre). A is complex128 (complex symmetric)."""
+        import scipy.sparse as sp
+
+        kk = self._check_param(param)[1:-1, 1:-1]
+        ones = np.ones((self.grid - 2, self.grid - 2))
+        L, _, _ = _assemble_diffusion(ones, ones, ones, ones, self.grid)
+        shift = -(kk ** 2) * (1.0 + 1j * self.absorption())
+        A = (L.astype(np.complex128) + sp.diags_array(shift.ravel())).tocsr()
+        A.indptr = A.indptr.astype(np.int32)
+        A.indices = A.indices.astype(np.int32)
+        if f is None:
+            t = np.linspace(0.0, 1.0, self.grid)[1:-1]
+            X, Y = np.meshgrid(t, t)
+            f = np.exp(-((X - 0.5) ** 2 + (Y - 0.5) ** 2) / (2 * 0.02 ** 2)) / (2 * np.pi * 0.02 ** 2)
+        return A, np.asarray(f, dtype=np.complex128).reshape(-1)
+
+
+FAMILIES = {"darcy": Darcy, "poisson": Poisson, "convdiff": ConvectionDiffusion,
+            "helmholtz": Helmholtz}
 
 
 def make_family(name: str, grid: int, **kwargs) -> Family:
