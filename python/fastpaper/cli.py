@@ -83,7 +83,8 @@ def _cmd_krylov_generate(args: argparse.Namespace) -> int:
         summary = generate(args.family, args.grid, args.count, args.out, seed=args.seed,
                            sort=args.sort, m=args.m, k=args.k, rtol=args.rtol,
                            precond=None if args.precond == "none" else args.precond,
-                           maxiter=args.maxiter, progress=not args.no_progress,
+                           maxiter=args.maxiter, chunk_size=args.chunk_size,
+                           scheduler=args.scheduler, progress=not args.no_progress,
                            stop_after=args.stop_after)
     except ValueError as e:
         print(f"fastpaper krylov generate: {e}", file=sys.stderr)
@@ -116,6 +117,10 @@ def _add_krylov(sub) -> None:
     g.add_argument("--rtol", type=float, default=1e-8)
     g.add_argument("--precond", choices=("none", "jacobi", "ilu0"), default="none")
     g.add_argument("--maxiter", type=int, default=None)
+    g.add_argument("--chunk-size", type=int, default=None,
+                   help="systems per recycling chunk of the sorted sequence (default: all)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the chunks on this Dask scheduler (workers must share the filesystem)")
     g.add_argument("--stop-after", type=int, default=None,
                    help="solve at most this many systems in this run")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
