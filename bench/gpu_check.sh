@@ -5,7 +5,7 @@
 # The machine is expected to have torch, nvcc, CMake, ninja, nanobind and scikit-build-core.
 # pytest/hypothesis, and scipy-openblas32 (BLAS/LAPACK the core links for the Krylov solver), may be
 # missing there: prepare them here first (they travel as an ignored path):
-#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
 #     -d build/gpu_wheels pytest hypothesis scipy-openblas32
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR}
