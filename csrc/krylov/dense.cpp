@@ -62,6 +62,23 @@ void trsm_right_upper(int64_t rows, int64_t k, const double* R, int64_t ldr, dou
                     I(k), 1.0, R, I(ldr), B, I(ldb));
 }
 
+void trsm_left_upper(int64_t k, int64_t cols, const double* R, int64_t ldr, double* B,
+                     int64_t ldb) {
+  if (k == 0 || cols == 0) return;
+  scipy_cblas_dtrsm(CblasColMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, I(k),
+                    I(cols), 1.0, R, I(ldr), B, I(ldb));
+}
+
+bool geev(int64_t n, double* A, std::vector<double>& wr, std::vector<double>& wi,
+          std::vector<double>& vr) {
+  wr.assign(static_cast<size_t>(n), 0.0);
+  wi.assign(static_cast<size_t>(n), 0.0);
+  vr.assign(static_cast<size_t>(n * n), 0.0);
+  double vl_dummy = 0;
+  return scipy_LAPACKE_dgeev(LAPACK_COL_MAJOR, 'N', 'V', I(n), A, I(n), wr.data(), wi.data(),
+                             &vl_dummy, 1, vr.data(), I(n)) == 0;
+}
+
 bool qr(int64_t rows, int64_t cols, double* A, int64_t lda, std::vector<double>& R,
         double rank_tol, int64_t& bad) {
   bad = -1;
@@ -136,6 +153,21 @@ void trsm_right_upper(int64_t rows, int64_t k, const Z* R, int64_t ldr, Z* B, in
   const Z one(1.0);
   scipy_cblas_ztrsm(CblasColMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, I(rows),
                     I(k), &one, R, I(ldr), B, I(ldb));
+}
+
+void trsm_left_upper(int64_t k, int64_t cols, const Z* R, int64_t ldr, Z* B, int64_t ldb) {
+  if (k == 0 || cols == 0) return;
+  const Z one(1.0);
+  scipy_cblas_ztrsm(CblasColMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, I(k),
+                    I(cols), &one, R, I(ldr), B, I(ldb));
+}
+
+bool geev(int64_t n, Z* A, std::vector<Z>& w, std::vector<Z>& vr) {
+  w.assign(static_cast<size_t>(n), Z(0));
+  vr.assign(static_cast<size_t>(n * n), Z(0));
+  Z vl_dummy(0);
+  return scipy_LAPACKE_zgeev(LAPACK_COL_MAJOR, 'N', 'V', I(n), L(A), I(n), L(w.data()),
+                             L(&vl_dummy), 1, L(vr.data()), I(n)) == 0;
 }
 
 bool qr(int64_t rows, int64_t cols, Z* A, int64_t lda, std::vector<Z>& R, double rank_tol,

@@ -35,6 +35,12 @@ void trsm_right_upper(int64_t rows, int64_t k, const double* R, int64_t ldr, dou
 bool qr(int64_t rows, int64_t cols, double* A, int64_t lda, std::vector<double>& R,
         double rank_tol, int64_t& bad);
 
+// B = R^{-1} B for an upper triangular R (k x k), B k x cols.
+void trsm_left_upper(int64_t k, int64_t cols, const double* R, int64_t ldr, double* B, int64_t ldb);
+// Eigenvalues wr + i wi and right eigenvectors of a general n x n matrix (overwritten): dgeev.
+bool geev(int64_t n, double* A, std::vector<double>& wr, std::vector<double>& wi,
+          std::vector<double>& vr);
+
 // complex128 versions: "trans" is the conjugate transpose.
 using Z = std::complex<double>;
 double nrm2(int64_t n, const Z* x);
@@ -47,6 +53,8 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, Z alpha, const Z* A
 void trsm_right_upper(int64_t rows, int64_t k, const Z* R, int64_t ldr, Z* B, int64_t ldb);
 bool qr(int64_t rows, int64_t cols, Z* A, int64_t lda, std::vector<Z>& R, double rank_tol,
         int64_t& bad);
+void trsm_left_upper(int64_t k, int64_t cols, const Z* R, int64_t ldr, Z* B, int64_t ldb);
+bool geev(int64_t n, Z* A, std::vector<Z>& w, std::vector<Z>& vr);
 // A z = theta B z with theta = alpha / beta: LAPACK zggev.
 bool ggev(int64_t n, Z* A, Z* B, std::vector<Z>& alpha, std::vector<Z>& beta,
           std::vector<Z>& vr);

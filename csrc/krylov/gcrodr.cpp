@@ -293,34 +293,67 @@ class Solver {
         for (int64_t i = 0; i < ld; ++i) VW[i + j * ld] *= D[j];
     }
     for (int64_t j = 0; j < p; ++j) VW[kc + j + (kc + j) * ld] = T(1);
-    Vec Ag(static_cast<size_t>(mm * mm)), Bg(static_cast<size_t>(mm * mm));
-    dense::gemm(true, false, mm, mm, ld, 1.0, G.data(), ld, G.data(), ld, 0.0, Ag.data(), mm);
-    dense::gemm(true, false, mm, mm, ld, 1.0, G.data(), ld, VW.data(), ld, 0.0, Bg.data(), mm);
+    // The pencil (Ghat^H Ghat, Ghat^H VW) is reduced to a standard eigenproblem when Ghat has full
+    // column rank (always, short of a breakdown on a singular Hessenberg): with Ghat = Qg Rg,
+    //   Rg^H Rg z = theta Rg^H Qg^H VW z  <=>  Rg^{-1} Qg^H VW z = mu z,  mu = 1 / theta,
+    // which LAPACK geev solves in about a third of ggev's time. Otherwise ggev on the pencil.
+    Vec Mx(static_cast<size_t>(mm * mm));
+    bool reduced = false;
+    {
+      Vec Gq = G, Rg;
+      int64_t bad = -1;
+      if (dense::qr(ld, mm, Gq.data(), ld, Rg, 1e-12, bad)) {
+        dense::gemm(true, false, mm, mm, ld, 1.0, Gq.data(), ld, VW.data(), ld, 0.0, Mx.data(), mm);
+        dense::trsm_left_upper(mm, mm, Rg.data(), mm, Mx.data(), mm);
+        reduced = true;
+        for (const T& v : Mx) reduced = reduced && finite(v);
+      }
+    }
+    Vec Ag, Bg;
+    if (!reduced) {
+      Ag.resize(static_cast<size_t>(mm * mm));
+      Bg.resize(static_cast<size_t>(mm * mm));
+      dense::gemm(true, false, mm, mm, ld, 1.0, G.data(), ld, G.data(), ld, 0.0, Ag.data(), mm);
+      dense::gemm(true, false, mm, mm, ld, 1.0, G.data(), ld, VW.data(), ld, 0.0, Bg.data(), mm);
+    }
+    const double inf = std::numeric_limits<double>::infinity();
 
     const int64_t target = std::min<int64_t>({static_cast<int64_t>(k), m - 1, mm});
     Vec P;
     int64_t knew = 0;
     if constexpr (std::is_same_v<T, double>) {
-      RVec ar, ai, be, vr;
-      if (!dense::ggev(mm, Ag.data(), Bg.data(), ar, ai, be, vr)) return kc;
+      RVec mag(static_cast<size_t>(mm)), im(static_cast<size_t>(mm)), vr;
+      if (reduced) {
+        RVec wr, wi;
+        if (!dense::geev(mm, Mx.data(), wr, wi, vr)) return kc;
+        for (int64_t i = 0; i < mm; ++i) {
+          const double a = std::hypot(wr[i], wi[i]);
+          mag[i] = a > 0 ? 1.0 / a : inf;  // |theta| = 1 / |mu|
+          im[i] = wi[i];
+        }
+      } else {
+        RVec ar, ai, be;
+        if (!dense::ggev(mm, Ag.data(), Bg.data(), ar, ai, be, vr)) return kc;
+        for (int64_t i = 0; i < mm; ++i) {
+          mag[i] = be[i] != 0.0 ? std::hypot(ar[i], ai[i]) / std::abs(be[i]) : inf;
+          im[i] = ai[i];
+        }
+      }
       // Select by |theta| ascending; a complex pair contributes its real and imaginary parts
-      // (LAPACK stores a pair in consecutive columns, the one with alphai > 0 first).
+      // (LAPACK stores a pair in consecutive columns, the one with positive imaginary part first).
       const int64_t limit = std::min<int64_t>({static_cast<int64_t>(k) + 1, m - 1, mm});
-      std::vector<int64_t> order = by_magnitude(mm, [&](int64_t i) {
-        return be[i] != 0.0 ? std::hypot(ar[i], ai[i]) / std::abs(be[i])
-                            : std::numeric_limits<double>::infinity();
-      });
+      std::vector<int64_t> order = by_magnitude(mm, [&](int64_t i) { return mag[i]; });
       std::vector<int64_t> cols;
       std::vector<char> taken(static_cast<size_t>(mm), 0);
       for (int64_t i : order) {
         if (static_cast<int64_t>(cols.size()) >= target) break;
         if (taken[i]) continue;
-        if (ai[i] == 0.0) {
+        if (im[i] == 0.0) {
           cols.push_back(i);
           taken[i] = 1;
           continue;
         }
-        const int64_t first = ai[i] > 0 ? i : i - 1;
+        const int64_t first = im[i] > 0 ? i : i - 1;
         if (first < 0 || first + 1 >= mm) continue;
         if (static_cast<int64_t>(cols.size()) + 2 > limit) continue;
         cols.push_back(first);
@@ -332,12 +365,19 @@ class Solver {
       for (int64_t j = 0; j < knew; ++j)
         std::copy(vr.begin() + cols[j] * mm, vr.begin() + (cols[j] + 1) * mm, P.begin() + j * mm);
     } else {
-      Vec al, be, vr;
-      if (!dense::ggev(mm, Ag.data(), Bg.data(), al, be, vr)) return kc;
-      std::vector<int64_t> order = by_magnitude(mm, [&](int64_t i) {
-        return be[i] != T(0) ? std::abs(al[i]) / std::abs(be[i])
-                             : std::numeric_limits<double>::infinity();
-      });
+      RVec mag(static_cast<size_t>(mm));
+      Vec vr;
+      if (reduced) {
+        Vec w;
+        if (!dense::geev(mm, Mx.data(), w, vr)) return kc;
+        for (int64_t i = 0; i < mm; ++i) mag[i] = std::abs(w[i]) > 0 ? 1.0 / std::abs(w[i]) : inf;
+      } else {
+        Vec al, be;
+        if (!dense::ggev(mm, Ag.data(), Bg.data(), al, be, vr)) return kc;
+        for (int64_t i = 0; i < mm; ++i)
+          mag[i] = be[i] != T(0) ? std::abs(al[i]) / std::abs(be[i]) : inf;
+      }
+      std::vector<int64_t> order = by_magnitude(mm, [&](int64_t i) { return mag[i]; });
       knew = std::min<int64_t>(target, static_cast<int64_t>(order.size()));
       P.resize(static_cast<size_t>(mm * knew));
       for (int64_t j = 0; j < knew; ++j)

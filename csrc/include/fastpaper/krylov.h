@@ -18,7 +18,9 @@
 //     A M^{-1} V_p = C B_p + V_{p+1} Hbar_p
 //   min ||beta e1 - Hbar_p y||  (Givens), x <- x + M^{-1} (V_p y - U B_p y)
 //   harmonic Ritz vectors of A M^{-1} on range([U, V_p]): Ghat^T Ghat z = theta Ghat^T Vhat^T What z
-//   (LAPACK dggev), keep the k of smallest |theta| (both parts of a complex pair, so k or k+1),
+//   (with Ghat = Qg Rg: LAPACK geev on Rg^{-1} Qg^T Vhat^T What, eigenvalues 1 / theta; ggev on
+//   the pencil when Ghat is rank deficient), keep the k of smallest |theta| (both parts of a
+//   complex pair, so k or k+1),
 //   QR(Ghat P) = Q R, C <- Vhat Q, U <- What P R^{-1}.
 // The first cycle without U is a GMRES(m) cycle; its harmonic Ritz problem is the same pencil with
 // k = 0, Hbar^T Hbar z = theta H^T z, i.e. (H + h_{m+1,m}^2 H^{-T} e_m e_m^T) z = theta z.
