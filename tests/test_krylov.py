@@ -141,7 +141,7 @@ def test_linear_operator_callable_preconditioner_callback(system):
         krylov.gcrodr(A, b, M=lambda v: np.ones(3))
 
 
-def test_int64_indices_and_dense_and_torch_input(system):
+def test_int64_indices_and_dense_input(system):
     A, b = system
     A64 = sp.csr_array((A.data, A.indices.astype(np.int64), A.indptr.astype(np.int64)), shape=A.shape)
     x64, i64 = krylov.gcrodr(A64, b)
@@ -151,7 +151,12 @@ def test_int64_indices_and_dense_and_torch_input(system):
     small = convdiff_matrix(6)
     xd, _ = krylov.gmres(small.toarray(), np.ones(36))
     np.testing.assert_allclose(xd, np.linalg.solve(small.toarray(), np.ones(36)), rtol=1e-7)
+
+
+def test_torch_sparse_csr_input(system):
+    A, b = system
     torch = pytest.importorskip("torch")
+    x32, _ = krylov.gcrodr(A, b)
     T = torch.sparse_csr_tensor(torch.from_numpy(A.indptr.astype(np.int64)),
                                 torch.from_numpy(A.indices.astype(np.int64)),
                                 torch.from_numpy(A.data), size=A.shape)
