@@ -122,7 +122,8 @@ def _zarr():
     try:
         import zarr
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("fastpaper krylov generate writes Zarr stores: pip install 'zarr>=3'") from e
+        raise ImportError("fastpaper krylov generate writes Zarr stores: pip install 'fastpaper[krylov]' "
+                          "(zarr>=3)") from e
     return zarr
 
 
