@@ -108,9 +108,9 @@ def test_chunks_resume_and_dask_equals_single_process(tmp_path):
     ref = str(tmp_path / "ref.zarr")
     generate("darcy", 26, 10, ref, **kw)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        r = generate("darcy", 26, 10, chunked, scheduler=client, **kw)
+                                  dashboard_address=None) as cluster:
+        # an address string, as `--scheduler` passes it
+        r = generate("darcy", 26, 10, chunked, scheduler=cluster.scheduler_address, **kw)
     assert r["done"] == 10 and r["solved"] == 10
     gr, gd = zarr.open_group(ref, mode="r"), zarr.open_group(chunked, mode="r")
     np.testing.assert_array_equal(gr["solutions"][:], gd["solutions"][:])
