@@ -3,8 +3,10 @@
 # run the CUDA tests, run the GPU benchmarks, and leave logs and JSON in OUTDIR.
 #   bash bench/gpu_check.sh OUTDIR
 # The machine is expected to have torch, nvcc, CMake, ninja, nanobind and scikit-build-core.
-# pytest/hypothesis may be missing there: prepare them here first (they travel as an ignored path):
-#   pip download --only-binary=:all: --python-version 3.12 -d build/gpu_wheels pytest hypothesis
+# pytest/hypothesis, and scipy-openblas32 (BLAS/LAPACK the core links for the Krylov solver), may be
+# missing there: prepare them here first (they travel as an ignored path):
+#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#     -d build/gpu_wheels pytest hypothesis scipy-openblas32
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR}
 mkdir -p "$out"
@@ -18,7 +20,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 
 step "offline test dependencies"
 if [ -d build/gpu_wheels ]; then
-  "$python" -m pip install -q --no-index --find-links build/gpu_wheels pytest hypothesis 2>&1 | tail -2
+  "$python" -m pip install -q --no-index --find-links build/gpu_wheels pytest hypothesis \
+    scipy-openblas32 2>&1 | tail -2
 fi
 
 step "build (CUDA 90a)"

@@ -18,7 +18,8 @@ failed=()  # a failing stage does not hide the results of the later ones
 build_and_test() {
   local dir=$1; shift
   section "configure ${dir} $*"
-  cmake -S . -B "${dir}" -G Ninja -DFASTPAPER_TESTS=ON -DFASTPAPER_PYTHON=OFF -DFASTPAPER_CUDA=OFF "$@"
+  cmake -S . -B "${dir}" -G Ninja -DFASTPAPER_TESTS=ON -DFASTPAPER_PYTHON=OFF -DFASTPAPER_CUDA=OFF \
+    -DPython_EXECUTABLE="${python}" "$@"  # the interpreter that has scipy-openblas32 (BLAS/LAPACK)
   section "build ${dir}"
   cmake --build "${dir}" -j"${jobs}"
   section "ctest ${dir}"

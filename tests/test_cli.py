@@ -76,7 +76,8 @@ def test_unknown_command_exits_with_usage():
 requires_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                     reason="fastpaper demo needs torch")
 _DEMO_SECTIONS = ("== BFP codec", "accuracy and size:", "throughput: fastpaper vs plain PyTorch",
-                  "BFP12", "BFP16", "MXINT8", "bit-identical to fastpaper here")
+                  "BFP12", "BFP16", "MXINT8", "bit-identical to fastpaper here",
+                  "== krylov: GCRO-DR with subspace recycling", "GCRO-DR(40,20) recycled + sorted")
 
 
 @requires_torch
@@ -88,7 +89,8 @@ def test_demo_small_in_process(capsys, tmp_path):
         assert text in out, text
     data = json.loads(out_json.read_text())
     assert data["config"] == {"device": "cpu", "small": True, "seed": 0}
-    # every area adds a section; this test checks the bfp one
+    names = [s["name"] for s in data["sections"]]
+    assert names[0] == "bfp" and {"krylov", "pararnn"} <= set(names)
     section = next(s for s in data["sections"] if s["name"] == "bfp")
     accuracy, speed = section["tables"]
     by_format = {r["format"]: r for r in accuracy["rows"]}
@@ -101,6 +103,11 @@ def test_demo_small_in_process(capsys, tmp_path):
     assert {(r["format"], r["op"]) for r in speed["rows"]} == {
         (f, op) for f in by_format for op in ("pack", "unpack")}
     assert all(r["fastpaper_ms"] > 0 and r["torch_ms"] > 0 for r in speed["rows"])
+    (krylov_table,) = next(s for s in data["sections"] if s["name"] == "krylov")["tables"]
+    by_method = {r["method"]: r for r in krylov_table["rows"]}
+    assert all(r["converged"] == "6/6" for r in by_method.values())
+    assert (by_method["GCRO-DR(40,20) recycled"]["matvecs"]
+            < by_method["GCRO-DR(40,20) fresh"]["matvecs"] < by_method["GMRES(40)"]["matvecs"])
 
 
 @requires_torch

@@ -1,6 +1,7 @@
 """fastpaper: fast C++/CUDA kernels for five recent papers, callable from PyTorch, numpy and C++.
 
-Areas: ``fastpaper.bfp`` (block floating point codec for the LLM KV cache).
+Areas: ``fastpaper.bfp`` (block floating point codec for the LLM KV cache), ``fastpaper.krylov``
+(GCRO-DR with subspace recycling for sequences of linear systems).
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from ._native import load as _load
 
 __version__ = _load("core").version()
 
-__all__ = ["__version__", "bfp", "cmake_dir", "include_dir", "info"]
+__all__ = ["__version__", "bfp", "krylov", "cmake_dir", "include_dir", "info"]
 
 
 def __getattr__(name: str):
     # Areas are imported on first use so that `import fastpaper` stays cheap and torch-free.
-    if name in ("bfp", "pararnn"):
+    if name in ("bfp", "krylov", "pararnn"):
         import importlib
 
         return importlib.import_module(f"fastpaper.{name}")
