@@ -1,0 +1,129 @@
+"""K-sort folding: exact without quantization (tiny random Llama with GQA and RoPE, no download),
+bit-exact unfold, the permutation keeps RoPE pairs together, and it does group outlier pairs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from fastpaper import bfp  # noqa: E402
+
+
+def tiny_llama(seed=0, bias=False):
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   head_dim=32, max_position_embeddings=128, attention_bias=bias)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # outlier key channels, as in real models, so that sorting matters
+        for layer in model.model.layers:
+            w = layer.self_attn.k_proj.weight
+            w[3] *= 20.0
+            w[32 + 7] *= 10.0
+            if bias:
+                layer.self_attn.k_proj.bias.normal_()
+                layer.self_attn.q_proj.bias.normal_()
+    return model
+
+
+def ids(seed=1, batch=2, seq=24):
+    return torch.randint(0, 97, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(input_ids=x).logits
+
+
+@pytest.mark.parametrize("method,smoothing", [("norm", False), ("calibrated", False),
+                                              ("calibrated", True), ("norm", True)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_fold_is_exact_and_unfold_restores(method, smoothing, bias):
+    model = tiny_llama(bias=bias)
+    x = ids()
+    ref = logits(model, x)
+    w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plans = bfp.ksort(model, method=method, calib_inputs=ids(seed=7) if method == "calibrated" or smoothing else None,
+                      smoothing=smoothing)
+    assert len(plans) == 2
+    changed = any(not torch.equal(p, w0[n]) for n, p in model.named_parameters())
+    assert changed
+    torch.testing.assert_close(logits(model, x), ref, rtol=1e-5, atol=1e-5)
+    bfp.unfold(model)
+    for n, p in model.named_parameters():
+        assert torch.equal(p, w0[n]), n
+    torch.testing.assert_close(logits(model, x), ref, rtol=0, atol=0)
+
+
+def test_rope_gather_is_needed():
+    """Permuting W_q/W_k rows without gathering the RoPE tables changes the model: the gather is
+    what makes the fold exact (this guards the test above against being vacuous)."""
+    model = tiny_llama()
+    x = ids()
+    ref = logits(model, x)
+    bfp.ksort(model, method="norm")
+    state = model._fastpaper_ksort
+    for h in state[2]:
+        h.remove()
+    assert (logits(model, x) - ref).abs().max() > 1e-3
+    model._fastpaper_ksort = (state[0], state[1], [])
+    bfp.unfold(model)
+    torch.testing.assert_close(logits(model, x), ref, rtol=0, atol=0)
+
+
+def test_plan_structure_and_outliers_first():
+    model = tiny_llama()
+    plans = bfp.ksort(model, method="norm")
+    d = 32
+    for plan in plans:
+        assert plan.perm.shape == (2, d) and plan.scale is None
+        for h in range(2):
+            p = plan.perm[h]
+            assert sorted(p.tolist()) == list(range(d))
+            assert torch.equal(p[d // 2:], p[: d // 2] + d // 2)   # RoPE pairs move together
+        assert plan.perm[0, 0] == 3          # the boosted pair (3, 19) of KV head 0 leads
+        assert plan.perm[1, 0] == 7          # row 39 = KV head 1, channel 7: pair (7, 23) leads
+    bfp.unfold(model)
+
+
+def test_smoothing_scales_are_powers_of_two_and_shrink_key_spread():
+    model = tiny_llama()
+    calib = ids(seed=5, batch=4, seq=32)
+    plans = bfp.ksort(model, method="calibrated", calib_inputs=calib, smoothing=True, alpha=1.0)
+    for plan in plans:
+        s = plan.scale
+        assert s is not None and s.shape == plan.perm.shape
+        assert torch.equal(torch.exp2(torch.round(torch.log2(s))), s)
+        assert torch.equal(s[:, :16], s[:, 16:])
+    # with alpha = 1, folded key pair RMS spread (max/min) is within a factor ~2 per head
+    k = []
+    h = model.model.layers[0].self_attn.k_proj.register_forward_hook(lambda m, i, o: k.append(o))
+    logits(model, calib)
+    h.remove()
+    ms = k[0].reshape(-1, 2, 32).square().mean(0)
+    pair = (ms[:, :16] + ms[:, 16:]).sqrt()
+    assert (pair.max(-1).values / pair.min(-1).values).max() < 2.1
+    bfp.unfold(model)
+
+
+def test_bad_input():
+    model = tiny_llama()
+    with pytest.raises(TypeError, match="model"):
+        bfp.ksort("not a model")
+    with pytest.raises(ValueError, match="method"):
+        bfp.ksort(model, method="magic")
+    with pytest.raises(ValueError, match="calib_inputs"):
+        bfp.ksort(model, method="calibrated")
+    with pytest.raises(ValueError, match="alpha"):
+        bfp.ksort(model, calib_inputs=ids(), smoothing=True, alpha=2.0)
+    with pytest.raises(TypeError, match="calib_inputs"):
+        bfp.ksort(model, method="calibrated", calib_inputs=[torch.zeros(2, 3)])
+    with pytest.raises(ValueError, match="no attention layers"):
+        bfp.ksort(torch.nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="not folded"):
+        bfp.unfold(model)
+    bfp.ksort(model)
+    with pytest.raises(ValueError, match="already folded"):
+        bfp.ksort(model)
