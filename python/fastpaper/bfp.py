@@ -292,7 +292,8 @@ def quantize(x, fmt: Format = BFP12, *, scale: str = "no_clip", rounding: str = 
 # first use so that ``import fastpaper.bfp`` stays numpy-only.
 _LAZY = {
     "ksort": "bfp_ksort", "unfold": "bfp_ksort", "KSortLayer": "bfp_ksort",
-    "BFPCache": "bfp_cache", "BFPLayer": "bfp_cache", "decode_attention": "bfp_cache",
+    "BFPCache": "bfp_cache", "BFPLayer": "bfp_cache", "use_bfp_attention": "bfp_cache",
+    "decode_attention": "bfp_attention",
 }
 
 

@@ -29,7 +29,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from .bfp import BFP12, Format, PackedBFP, _check_format, pack, unpack
 
-__all__ = ["BFPCache", "BFPLayer", "use_bfp_attention", "decode_attention", "ATTENTION_NAME"]
+__all__ = ["BFPCache", "BFPLayer", "use_bfp_attention", "bfp_attention_forward", "ATTENTION_NAME"]
 
 ATTENTION_NAME = "fastpaper_bfp"
 
@@ -244,3 +244,39 @@ class BFPCache(Cache):
             return float("nan")
         bits = sum(8 * la.key_bytes_per_token() for la in layers)
         return bits / sum(la.num_heads * la.head_dim for la in layers)
+
+
+def _mask_allows_all(mask: Optional[torch.Tensor]) -> bool:
+    if mask is None:
+        return True
+    if mask.dtype == torch.bool:
+        return bool(mask.all())
+    return bool((mask == 0).all())
+
+
+def bfp_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function ``"fastpaper_bfp"``: a single-token decode step over a
+    :class:`BFPLayer` runs :func:`fastpaper.bfp.decode_attention` on the packed storage; anything
+    else (prefill, masked steps, other caches) is transformers' SDPA on dense tensors."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    layer = getattr(key, "_fastpaper_bfp_layer", None)
+    if layer is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    if query.shape[2] != 1 or not _mask_allows_all(attention_mask) or (dropout and module.training):
+        return sdpa_attention_forward(module, query, layer.keys_dense(), layer.values_dense(),
+                                      attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    from .bfp_attention import decode_attention
+
+    out = decode_attention(query[:, :, 0], layer.packed_keys(), layer.packed_values(), scale=scaling)
+    return out.unsqueeze(1), None                    # [batch, 1, q_heads, v_dim], like SDPA
+
+
+def use_bfp_attention(model) -> None:
+    """Register the ``"fastpaper_bfp"`` attention function and switch ``model`` to it; then pass
+    ``BFPCache(..., config=model.config)`` so decode steps read the packed cache directly."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, bfp_attention_forward)
+    model.set_attn_implementation(ATTENTION_NAME)
