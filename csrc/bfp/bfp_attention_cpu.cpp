@@ -47,6 +47,18 @@ void decode_row(const uint8_t* mant, const uint8_t* expo, int n, const Codec& c,
   }
 }
 
+// <a, b> with 8 independent partial sums: the build keeps float addition unreordered
+// (-ffp-contract=off, no -ffast-math), so a single accumulator would not vectorize.
+float dot(const float* a, const float* b, int n) {
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) part[j] += a[i + j] * b[i + j];
+  }
+  for (; i < n; ++i) part[i & 7] += a[i] * b[i];
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
 template <DType D>
 void run(const DecodeAttentionArgs& a, const DecodeCodecs& cd) {
   const int64_t groups = a.batch * a.kv_heads;
@@ -74,10 +86,7 @@ void run(const DecodeAttentionArgs& a, const DecodeCodecs& cd) {
       const int64_t row = t * rows_per_token + g;  // g = b * kv_heads + h
       decode_row(a.k_mantissas + row * k_mb, a.k_exponents + row * k_nb, d, cd.k, kbuf.data());
       for (int r = 0; r < rep; ++r) {
-        float s = 0.0f;
-        const float* qr = q.data() + r * d;
-        for (int i = 0; i < d; ++i) s += qr[i] * kbuf[i];
-        softmax_add(st[r], s, alpha[r], p[r]);
+        softmax_add(st[r], dot(q.data() + r * d, kbuf.data(), d), alpha[r], p[r]);
       }
       if (cd.packed_v) {
         decode_row(a.v_mantissas + row * v_mb, a.v_exponents + row * v_nb, dv, cd.v, vbuf.data());

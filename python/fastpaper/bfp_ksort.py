@@ -8,11 +8,14 @@ of W_q and W_k at load time and costs nothing at inference.
 
 For one attention layer with KV heads h = 0..H_kv-1 of dimension d (even), this module computes
 
-* a permutation ``perm[h]`` of the d/2 RoPE *pairs* (channel j and j + d/2, the rotate-half
-  convention of Llama): pairs move together and the same permutation is applied to both halves, so
-  the rotation of each pair is untouched. Pair j is rotated with frequency theta_j, so after the
-  permutation the RoPE cos/sin tables must be gathered alike; ``ksort`` installs that gather for the
-  folded layers (see ``_rope``), which makes the folded model compute exactly the original function.
+* a permutation ``perm[h]`` of the head_dim channels that keeps every RoPE *pair* (channel j and
+  j + d/2, the rotate-half convention of Llama) together and places its two members side by side,
+  pairs in decreasing order of magnitude: new channels (2r, 2r + 1) are old (o_r, o_r + d/2) for the
+  r-th largest pair o_r. RoPE rotates each pair in its own plane and preserves the pair's norm, so
+  after RoPE the keys of a BFP block still have similar magnitudes — with the rotate-half layout a
+  pair's two members would sit d/2 apart, and for block >= d/2 no pair-preserving reordering of the
+  halves could change any block. The folded layers rotate with the permuted pairing and gathered
+  cos/sin tables (``_rope``), so the folded model computes exactly the original function.
 * optionally per-pair smoothing scales ``s[h]`` (powers of two, equal within a pair): ``k' = k / s``,
   ``q' = q * s``, so ``q' . k' = q . k``. Scaling both members of a pair by the same factor commutes
   with their rotation, and powers of two make folding and unfolding exact in floating point.
@@ -45,7 +48,7 @@ class KSortLayer:
     """The reordering of one attention layer.
 
     ``perm``: int64 [H_kv, d] — new channel j of KV head h is old channel ``perm[h, j]``
-    (``perm[h, j + d/2] = perm[h, j] + d/2``). ``scale``: float32 [H_kv, d] in the new order, or
+    (``perm[h, 2r + 1] = perm[h, 2r] + d/2``). ``scale``: float32 [H_kv, d] in the new order, or
     None: new key channel j is ``k[perm[h, j]] / scale[h, j]``, new query channel ``q * scale``.
     """
 
@@ -139,11 +142,11 @@ def _plan(attn, method, stats, smoothing, alpha, p) -> KSortLayer:
         scale_pairs = torch.exp2(log_s)
         mag = mag / scale_pairs
     order = torch.argsort(mag, dim=-1, descending=True, stable=True)          # [H_kv, d/2]
-    perm = torch.cat([order, order + half], dim=-1)
+    perm = torch.stack([order, order + half], dim=-1).reshape(order.shape[0], d)
     scale = None
     if scale_pairs is not None:
         sp = torch.gather(scale_pairs, -1, order)
-        scale = torch.cat([sp, sp], dim=-1).float()
+        scale = sp.repeat_interleave(2, dim=-1).float()
     return KSortLayer(perm.long().cpu(), scale.cpu() if scale is not None else None)
 
 
@@ -189,19 +192,31 @@ def _apply(attn, layer: KSortLayer, inverse: bool) -> None:
 _active = threading.local()   # (perm_q [H_q, d], perm_k [H_kv, d]) while a folded layer runs
 
 
-def _rope(q, k, cos, sin, perm_q, perm_k):
-    """Rotate-half RoPE (cos/sin [B, T, d]) with the tables gathered by each head's permutation:
-    new channel j of a head is old channel perm[j], which must rotate with old frequency."""
+def _rope(q, k, cos, sin, spec_q, spec_k):
+    """RoPE of the permuted layout (cos/sin [B, T, d] of the original layout): new channel j is old
+    channel perm[j], so it takes old channel's table entry, and rotate_half becomes a signed gather
+    from the new position of its pair partner, ``rh[j] = sign[j] * x[src[j]]``."""
 
-    def rot(x, perm):
-        idx = perm.to(cos.device)
-        c = cos[:, :, idx].permute(0, 2, 1, 3)               # [B, H, T, d]
-        s = sin[:, :, idx].permute(0, 2, 1, 3)
-        half = x.shape[-1] // 2
-        rh = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    def rot(x, spec):
+        perm, src, sign = (t.to(x.device) for t in spec)
+        c = cos[:, :, perm].permute(0, 2, 1, 3)              # [B, H, T, d]
+        s = sin[:, :, perm].permute(0, 2, 1, 3)
+        idx = src[None, :, None, :].expand(x.shape)
+        rh = torch.gather(x, -1, idx) * sign[None, :, None, :].to(x.dtype)
         return x * c + rh * s
 
-    return rot(q, perm_q), rot(k, perm_k)
+    return rot(q, spec_q), rot(k, spec_k)
+
+
+def _rope_spec(perm: torch.Tensor) -> tuple:
+    """(perm, src, sign) per head for _rope: old rotate_half is rh[i] = -x[i + d/2] (i < d/2),
+    x[i - d/2] (i >= d/2); in the new layout the partner of old channel perm[j] sits at
+    inv[(perm[j] + d/2) mod d]."""
+    d = perm.shape[-1]
+    inv = torch.argsort(perm, dim=-1)
+    src = torch.gather(inv, -1, (perm + d // 2) % d)
+    sign = torch.where(perm < d // 2, -1.0, 1.0)
+    return perm, src, sign
 
 
 def _install_rope(attn) -> None:
@@ -231,7 +246,7 @@ def _install_rope(attn) -> None:
 
 def _hooks(attn, layer: KSortLayer):
     _, n_q, n_kv = _geometry(attn)
-    spec = (layer.perm.repeat_interleave(n_q // n_kv, dim=0), layer.perm)
+    spec = (_rope_spec(layer.perm.repeat_interleave(n_q // n_kv, dim=0)), _rope_spec(layer.perm))
 
     def pre(mod, args, kwargs):
         _active.spec = spec
