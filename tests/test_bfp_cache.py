@@ -105,3 +105,13 @@ def test_bad_input():
     layer.update(torch.zeros(1, 2, 3, 8), torch.zeros(1, 2, 3, 8))
     with pytest.raises(ValueError, match="key_states"):
         layer.update(torch.zeros(1, 3, 1, 8), torch.zeros(1, 3, 1, 8))
+
+
+def test_beam_search_reorders_and_expands():
+    """Beam search expands the batch (batch_repeat_interleave) and reorders it (reorder_cache)."""
+    model = tiny_llama()
+    x = ids(batch=2, seq=7)
+    kw = dict(num_beams=3, max_new_tokens=4, do_sample=False, attention_mask=torch.ones_like(x))
+    got = model.generate(x, cache=bfp.BFPCache(bfp.Format(16, 8), bfp.Format(16, 8)), **kw)
+    want = model.generate(x, **kw)
+    assert torch.equal(got, want)

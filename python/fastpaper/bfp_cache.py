@@ -180,9 +180,25 @@ class BFPLayer(CacheLayerMixin):
         if not self.is_initialized:
             return
         idx = beam_idx.to(self.device)
-        stores = [self._k.m, self._k.e] + ([self._v.m, self._v.e] if isinstance(self._v, _Packed) else [self._v])
-        for s in stores:
+        for s in self._stores():
             s.data = s.data.index_select(1, idx)
+
+    def _stores(self) -> list:
+        return [self._k.m, self._k.e] + ([self._v.m, self._v.e] if isinstance(self._v, _Packed) else [self._v])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            for s in self._stores():
+                s.data = s.data.repeat_interleave(repeats, dim=1)
+                s.row_shape = (s.row_shape[0] * repeats,) + s.row_shape[1:]
+            self.batch_size *= repeats
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            for s in self._stores():
+                s.data = s.data[:, indices.to(self.device)]
+                s.row_shape = (s.data.shape[1],) + s.row_shape[1:]
+            self.batch_size = self._k.m.data.shape[1]
 
     def offload(self):  # packed storage stays where it is
         pass
