@@ -124,6 +124,11 @@ def main() -> None:
         record("K-sort (paper, W_k norms)", f"BFP12_{b}", bfp.Format(b, 4))
     bfp.unfold(model)
 
+    bfp.ksort(model, method="calibrated", calib_inputs=calib)
+    for b in blocks:
+        record("calibrated sort", f"BFP12_{b}", bfp.Format(b, 4))
+    bfp.unfold(model)
+
     bfp.ksort(model, method="calibrated", calib_inputs=calib, smoothing=True, alpha=args.alpha)
     record(f"sort+smooth a={args.alpha} folded", "-", None)
     for b in blocks:

@@ -54,11 +54,14 @@ def test_generate_and_accounting():
     # 2 layers x 2 KV heads x head_dim 32 padded to a 64-block: 32 + 1 bytes of keys, 128 of values
     assert cache.bytes_per_token() == 2 * 2 * (33 + 32 * 4)
     assert cache.key_bits_per_element() == pytest.approx(8 * 33 / 32)
-    # BFP16 keys and values: greedy decoding close to the full-precision cache
-    hi = model.generate(x, cache=bfp.BFPCache(bfp.Format(16, 8), bfp.Format(16, 8)),
-                        max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
-    ref = model.generate(x, max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
-    torch.testing.assert_close(torch.stack(hi.scores), torch.stack(ref.scores), rtol=0.05, atol=0.05)
+    # scores (logits) of greedy decoding: 8-bit mantissas are far closer to full precision than 4-bit
+    kw = dict(max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True)
+    ref = torch.stack(model.generate(x, **kw).scores)
+    err = {}
+    for m in (4, 8):
+        got = model.generate(x, cache=bfp.BFPCache(bfp.Format(16, m), bfp.Format(16, m)), **kw)
+        err[m] = (torch.stack(got.scores) - ref).abs().max().item()
+    assert err[8] < 0.1 * err[4], err
 
 
 def test_fused_decode_equals_dense_path():

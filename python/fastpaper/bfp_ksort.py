@@ -8,22 +8,21 @@ of W_q and W_k at load time and costs nothing at inference.
 
 For one attention layer with KV heads h = 0..H_kv-1 of dimension d (even), this module computes
 
-* a permutation ``perm[h]`` of the head_dim channels that keeps every RoPE *pair* (channel j and
-  j + d/2, the rotate-half convention of Llama) together and places its two members side by side,
-  pairs in decreasing order of magnitude: new channels (2r, 2r + 1) are old (o_r, o_r + d/2) for the
-  r-th largest pair o_r. RoPE rotates each pair in its own plane and preserves the pair's norm, so
-  after RoPE the keys of a BFP block still have similar magnitudes — with the rotate-half layout a
-  pair's two members would sit d/2 apart, and for block >= d/2 no pair-preserving reordering of the
-  halves could change any block. The folded layers rotate with the permuted pairing and gathered
-  cos/sin tables (``_rope``), so the folded model computes exactly the original function.
+* a permutation ``perm[h]`` of the head_dim channels, in decreasing order of magnitude, channel
+  by channel. The two members of a RoPE pair (channel j and j + d/2 in Llama's rotate-half
+  convention) may land anywhere: the folded layers rotate with the permuted pairing and gathered
+  cos/sin tables (``_rope``: each channel keeps its old frequency and partner), so the folded model
+  computes exactly the original function. Sorting single channels rather than pairs matters: a key
+  outlier usually sits in one member of a low-frequency pair, which RoPE barely rotates, so after
+  RoPE the outlier is still one channel and its partner is small (measured on SmolLM2-135M:
+  forcing pairs into one block made 4-bit keys clearly worse than leaving them apart).
 * optionally per-pair smoothing scales ``s[h]`` (powers of two, equal within a pair): ``k' = k / s``,
   ``q' = q * s``, so ``q' . k' = q . k``. Scaling both members of a pair by the same factor commutes
   with their rotation, and powers of two make folding and unfolding exact in floating point.
 
-Methods: ``"norm"`` (the paper; calibration-free) sorts pairs by the L2 norm of their rows of W_k,
-``sqrt(|W_k[j]|^2 + |W_k[j + d/2]|^2)``; ``"calibrated"`` sorts by the root-mean-square key
-activation of each pair measured on ``calib_inputs`` (pre-RoPE; a pair's energy is invariant under
-its rotation, so this is also the post-RoPE magnitude that the KV cache sees). Smoothing
+Methods: ``"norm"`` (the paper; calibration-free) sorts channels by the L2 norm of their rows of
+W_k; ``"calibrated"`` sorts by the root-mean-square of each channel of the post-RoPE keys (what the
+KV cache stores) measured on ``calib_inputs``. Smoothing
 (calibrated) uses SmoothQuant-style migration ``s = m_k^alpha / m_q^(1 - alpha)`` between the
 key pair RMS ``m_k`` and the query pair RMS ``m_q`` (averaged over the query heads sharing the KV
 head), rounded to a power of two and normalised to geometric mean 1 per head; with ``alpha = 1``
@@ -48,7 +47,7 @@ class KSortLayer:
     """The reordering of one attention layer.
 
     ``perm``: int64 [H_kv, d] — new channel j of KV head h is old channel ``perm[h, j]``
-    (``perm[h, 2r + 1] = perm[h, 2r] + d/2``). ``scale``: float32 [H_kv, d] in the new order, or
+    ``scale``: float32 [H_kv, d] in the new order (equal for the two members of a RoPE pair), or
     None: new key channel j is ``k[perm[h, j]] / scale[h, j]``, new query channel ``q * scale``.
     """
 
@@ -91,8 +90,11 @@ def _pair_rms(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _calibrate(model, layers, calib_inputs) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer (mean k^2 [H_kv, d], mean q^2 [H_q, d]) over all calibration tokens (pre-RoPE)."""
-    sums = [[None, None, 0] for _ in layers]
+    """Per layer (mean k^2 [H_kv, d] and mean q^2 [H_q, d] before RoPE, mean k^2 [H_kv, d] after
+    RoPE) over all calibration tokens."""
+    from transformers import DynamicCache
+
+    sums = [[None, None, 0, None] for _ in layers]
     handles = []
 
     def hook(i, which):
@@ -116,12 +118,17 @@ def _calibrate(model, layers, calib_inputs) -> list[tuple[torch.Tensor, torch.Te
             if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int32, torch.int64):
                 raise TypeError("calib_inputs must be an integer tensor of input ids [batch, seq] or "
                                 f"an iterable of them, got {type(ids).__name__}")
+            cache = DynamicCache(config=model.config)
             model(input_ids=ids.reshape(-1, ids.shape[-1]).to(layers[0].q_proj.weight.device),
-                  use_cache=False)
+                  past_key_values=cache, use_cache=True)
+            for i, attn in enumerate(layers):   # post-RoPE keys [B, H_kv, T, d], what the cache stores
+                k = cache.layers[getattr(attn, "layer_idx", i)].keys.float()
+                s = k.square().sum((0, 2))
+                sums[i][3] = s if sums[i][3] is None else sums[i][3] + s
     finally:
         for h in handles:
             h.remove()
-    return [(k / n, q / n) for k, q, n in sums]
+    return [(k / n, q / n, kr / n) for k, q, n, kr in sums]
 
 
 def _plan(attn, method, stats, smoothing, alpha, p) -> KSortLayer:
@@ -129,24 +136,21 @@ def _plan(attn, method, stats, smoothing, alpha, p) -> KSortLayer:
     half = d // 2
     if method == "norm":
         w = attn.k_proj.weight.detach().float().reshape(n_kv, d, -1)
-        rn = w.norm(p=p, dim=-1) ** 2                       # squared row norms [H_kv, d]
-        mag = _pair_rms(rn)                                 # [H_kv, d/2]
+        mag = w.norm(p=p, dim=-1)                           # row norms [H_kv, d]
     else:
-        mag = _pair_rms(stats[0])
-    scale_pairs = None
+        mag = stats[2].sqrt()                               # post-RoPE key RMS [H_kv, d]
+    scale = None
     if smoothing:
-        mk = _pair_rms(stats[0]).clamp_min(1e-30)
+        mk = _pair_rms(stats[0]).clamp_min(1e-30)           # [H_kv, d/2], rotation-invariant
         mq = _pair_rms(stats[1].reshape(n_kv, n_q // n_kv, d).mean(1)).clamp_min(1e-30)
         log_s = alpha * mk.log2() - (1.0 - alpha) * mq.log2()
         log_s = torch.round(log_s - log_s.mean(-1, keepdim=True))   # powers of two, geo-mean ~ 1
-        scale_pairs = torch.exp2(log_s)
-        mag = mag / scale_pairs
-    order = torch.argsort(mag, dim=-1, descending=True, stable=True)          # [H_kv, d/2]
-    perm = torch.stack([order, order + half], dim=-1).reshape(order.shape[0], d)
-    scale = None
-    if scale_pairs is not None:
-        sp = torch.gather(scale_pairs, -1, order)
-        scale = sp.repeat_interleave(2, dim=-1).float()
+        s_pair = torch.exp2(log_s)
+        s_chan = torch.cat([s_pair, s_pair], dim=-1)        # equal within each pair (j, j + d/2)
+        mag = mag / s_chan
+    perm = torch.argsort(mag, dim=-1, descending=True, stable=True)          # [H_kv, d]
+    if smoothing:
+        scale = torch.gather(s_chan, -1, perm).float()
     return KSortLayer(perm.long().cpu(), scale.cpu() if scale is not None else None)
 
 
