@@ -42,5 +42,8 @@ for fmt in BFP12 BFP16 MXINT8; do
     --json "$out/bench_bfp_${fmt}.json" 2>&1 | tee -a "$out/bench.log" || status=1
 done
 
+timeout 150 "$python" bench/bench_bfp_attention.py --device cuda --contexts 4096,32768,131072 \
+  --json "$out/bench_bfp_attention.json" 2>&1 | tee -a "$out/bench.log" || status=1
+
 step "done (status $status)"
 exit $status

@@ -286,3 +286,20 @@ def quantize(x, fmt: Format = BFP12, *, scale: str = "no_clip", rounding: str = 
         _C.quantize(x, rows, cols, *fmt._args(), sc, rd, sd, out, 0)
         return out
     return _torch_backend(x).quantize(x, fmt, sc, rd, sd, out)
+
+
+# The transformers-facing parts need torch (and transformers for the cache); they are imported on
+# first use so that ``import fastpaper.bfp`` stays numpy-only.
+_LAZY = {
+    "ksort": "bfp_ksort", "unfold": "bfp_ksort", "KSortLayer": "bfp_ksort",
+    "BFPCache": "bfp_cache", "BFPLayer": "bfp_cache", "use_bfp_attention": "bfp_cache",
+    "decode_attention": "bfp_attention",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"fastpaper.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'fastpaper.bfp' has no attribute {name!r}")

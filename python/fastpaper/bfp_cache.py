@@ -1,0 +1,298 @@
+"""A transformers KV cache (5.x ``Cache`` API) that stores keys — and optionally values — in BFP.
+
+Storage of one layer, token-major so that appending T tokens is one contiguous ``pack(out=...)``::
+
+    key mantissas  uint8 [capacity, batch, kv_heads, fmt.mantissa_bytes(head_dim)]
+    key exponents  uint8 [capacity, batch, kv_heads, fmt.exponent_bytes(head_dim)]
+    values         packed the same way with ``value_format``, or dense [capacity, batch, kv_heads,
+                   head_dim] in the model's dtype when ``value_format`` is None
+
+Capacity grows in multiples of ``chunk`` tokens (at least x1.5 per growth, so appends are amortised
+O(1)). Blocks run along head_dim of each token's key (one exponent per ``block`` channels), which is
+where :func:`fastpaper.bfp.ksort` groups channels of similar magnitude.
+
+Attention: :meth:`BFPLayer.update` returns the dequantized keys/values ([batch, kv_heads, seq,
+head_dim]) so any attention implementation works. With the model's attention implementation set to
+``"fastpaper_bfp"`` (:func:`use_bfp_attention`), single-token decode steps instead run
+``torch.ops.fastpaper.bfp_decode_attention`` over the packed storage (keys/values dequantized in
+registers, never materialized); prefill and masked calls fall back to dequantize-then-SDPA.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from .bfp import BFP12, Format, PackedBFP, _check_format, pack, unpack
+
+__all__ = ["BFPCache", "BFPLayer", "use_bfp_attention", "bfp_attention_forward", "ATTENTION_NAME"]
+
+ATTENTION_NAME = "fastpaper_bfp"
+
+
+class _Store:
+    """A growable token-major tensor [capacity, ...]; ``view(n)`` is the contiguous first n tokens."""
+
+    def __init__(self, row_shape: tuple, dtype: torch.dtype, device: torch.device):
+        self.row_shape, self.dtype, self.device = row_shape, dtype, device
+        self.data = torch.empty((0,) + row_shape, dtype=dtype, device=device)
+
+    def reserve(self, n: int, length: int, chunk: int) -> None:
+        cap = self.data.shape[0]
+        if n <= cap:
+            return
+        new_cap = max(n, int(cap * 1.5))
+        new_cap = -(-new_cap // chunk) * chunk
+        data = torch.empty((new_cap,) + self.row_shape, dtype=self.dtype, device=self.device)
+        data[:length].copy_(self.data[:length])
+        self.data = data
+
+    def nbytes_per_token(self) -> int:
+        return math.prod(self.row_shape) * self.data.element_size()
+
+
+class _Packed:
+    """Packed BFP storage of one tensor stream (keys or values)."""
+
+    def __init__(self, fmt: Format, lead: tuple, head_dim: int, dtype, device, scale: str):
+        self.fmt, self.head_dim, self.dtype, self.scale = fmt, head_dim, dtype, scale
+        self.m = _Store(lead + (fmt.mantissa_bytes(head_dim),), torch.uint8, device)
+        self.e = _Store(lead + (fmt.exponent_bytes(head_dim),), torch.uint8, device)
+
+    def reserve(self, n, length, chunk):
+        self.m.reserve(n, length, chunk)
+        self.e.reserve(n, length, chunk)
+
+    def append(self, x_tok: torch.Tensor, start: int) -> None:
+        """x_tok: [T, batch, heads, head_dim] written at tokens [start, start + T)."""
+        t = x_tok.shape[0]
+        out = PackedBFP(self.m.data[start:start + t], self.e.data[start:start + t],
+                        tuple(x_tok.shape), x_tok.dtype, self.fmt)
+        pack(x_tok, self.fmt, scale=self.scale, out=out)
+
+    def packed(self, length: int) -> PackedBFP:
+        return PackedBFP(self.m.data[:length], self.e.data[:length],
+                         (length,) + self.m.row_shape[:-1] + (self.head_dim,), self.dtype, self.fmt)
+
+    def dense(self, length: int) -> torch.Tensor:
+        return unpack(self.packed(length))            # [length, batch, heads, head_dim]
+
+    def nbytes_per_token(self) -> int:
+        return self.m.nbytes_per_token() + self.e.nbytes_per_token()
+
+
+class BFPLayer(CacheLayerMixin):
+    """One layer of a :class:`BFPCache` (see the module docstring for the storage layout)."""
+
+    is_sliding = False
+    is_croppable = True
+    is_compileable = False
+
+    def __init__(self, key_format: Format = BFP12, value_format: Optional[Format] = None,
+                 scale: str = "no_clip", chunk: int = 256, config: Any = None):
+        super().__init__()
+        self.key_format, self.value_format = key_format, value_format
+        self.scale, self.chunk, self.config = scale, chunk, config
+        self.length = 0
+        self._k: Optional[_Packed] = None
+        self._v: Any = None
+
+    # -- CacheLayerMixin -------------------------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        if key_states.dim() != 4 or value_states.dim() != 4:
+            raise ValueError("key_states/value_states must be [batch, kv_heads, seq, head_dim], got "
+                             f"{tuple(key_states.shape)} and {tuple(value_states.shape)}")
+        b, h, _, d = key_states.shape
+        self.device, self.dtype = key_states.device, key_states.dtype
+        self.batch_size, self.num_heads, self.head_dim = b, h, d
+        self.value_dim = value_states.shape[-1]
+        self._k = _Packed(self.key_format, (b, h), d, self.dtype, self.device, self.scale)
+        if self.value_format is None:
+            self._v = _Store((b, h, self.value_dim), value_states.dtype, self.device)
+        else:
+            self._v = _Packed(self.value_format, (b, h), self.value_dim, value_states.dtype,
+                              self.device, self.scale)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Append [batch, kv_heads, T, head_dim] keys/values (packing them) and return the keys and
+        values of the whole sequence for attention (see the module docstring)."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if (key_states.shape[0], key_states.shape[1], key_states.shape[3]) != (
+                self.batch_size, self.num_heads, self.head_dim):
+            raise ValueError(f"key_states has shape {tuple(key_states.shape)}, expected "
+                             f"[{self.batch_size}, {self.num_heads}, T, {self.head_dim}]")
+        t = key_states.shape[-2]
+        start, end = self.length, self.length + t
+        self._k.reserve(end, start, self.chunk)
+        self._v.reserve(end, start, self.chunk)
+        self._k.append(key_states.permute(2, 0, 1, 3), start)
+        v_tok = value_states.permute(2, 0, 1, 3)
+        if isinstance(self._v, _Packed):
+            self._v.append(v_tok, start)
+        else:
+            self._v.data[start:end].copy_(v_tok)
+        self.length = end
+        if t == 1 and self._fused():
+            # Marker views: the registered attention function reads the packed storage of this layer.
+            k, v = key_states[..., :], value_states[..., :]
+            k._fastpaper_bfp_layer = self
+            return k, v
+        return self.keys_dense(), self.values_dense()
+
+    def _fused(self) -> bool:
+        return self.config is not None and getattr(self.config, "_attn_implementation", None) == ATTENTION_NAME
+
+    def keys_dense(self) -> torch.Tensor:
+        """Dequantized keys [batch, kv_heads, length, head_dim] (a permuted view)."""
+        return self._k.dense(self.length).permute(1, 2, 0, 3)
+
+    def values_dense(self) -> torch.Tensor:
+        if isinstance(self._v, _Packed):
+            return self._v.dense(self.length).permute(1, 2, 0, 3)
+        return self._v.data[: self.length].permute(1, 2, 0, 3)
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.length = 0
+        self._k = self._v = None
+        self.is_initialized = False
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop: pass a negative number of tokens to remove")
+        self.length = max(0, self.length + tokens_to_remove)
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        if not self.is_initialized:
+            return
+        idx = beam_idx.to(self.device)
+        for s in self._stores():
+            s.data = s.data.index_select(1, idx)
+
+    def _stores(self) -> list:
+        return [self._k.m, self._k.e] + ([self._v.m, self._v.e] if isinstance(self._v, _Packed) else [self._v])
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            for s in self._stores():
+                s.data = s.data.repeat_interleave(repeats, dim=1)
+                s.row_shape = (s.row_shape[0] * repeats,) + s.row_shape[1:]
+            self.batch_size *= repeats
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            for s in self._stores():
+                s.data = s.data[:, indices.to(self.device)]
+                s.row_shape = (s.data.shape[1],) + s.row_shape[1:]
+            self.batch_size = self._k.m.data.shape[1]
+
+    def offload(self):  # packed storage stays where it is
+        pass
+
+    def prefetch(self):
+        pass
+
+    # -- accounting ------------------------------------------------------------------------------
+    def key_bytes_per_token(self) -> int:
+        """Packed key bytes per token of one sequence (all KV heads of this layer)."""
+        return self._k.nbytes_per_token() // self.batch_size if self.is_initialized else 0
+
+    def value_bytes_per_token(self) -> int:
+        return self._v.nbytes_per_token() // self.batch_size if self.is_initialized else 0
+
+    def packed_keys(self) -> PackedBFP:
+        """The stored keys, token-major: shape [length, batch, kv_heads, head_dim]."""
+        return self._k.packed(self.length)
+
+    def packed_values(self):
+        """The stored values: a PackedBFP like :meth:`packed_keys` or a dense [length, batch,
+        kv_heads, head_dim] tensor."""
+        if isinstance(self._v, _Packed):
+            return self._v.packed(self.length)
+        return self._v.data[: self.length]
+
+
+class BFPCache(Cache):
+    """KV cache with BFP-packed keys (``key_format``, e.g. ``fastpaper.bfp.BFP12``) and values
+    (``value_format``; None keeps them dense). Pass ``config=model.config`` to let single-token
+    decode run the packed-attention kernel when the model uses ``use_bfp_attention(model)``.
+
+    Usage: ``model.generate(ids, past_key_values=BFPCache(BFP12), max_new_tokens=...)``.
+    ``scale``: the codec's exponent choice (``"no_clip"`` or ``"floor"``). ``chunk``: growth unit
+    in tokens.
+    """
+
+    def __init__(self, key_format: Format = BFP12, value_format: Optional[Format] = None, *,
+                 config: Any = None, scale: str = "no_clip", chunk: int = 256):
+        _check_format(key_format, "key_format")
+        if value_format is not None:
+            _check_format(value_format, "value_format")
+        if scale not in ("no_clip", "floor"):
+            raise ValueError(f"scale must be 'no_clip' or 'floor', got {scale!r}")
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
+            raise ValueError(f"chunk must be a positive int, got {chunk!r}")
+        self.key_format, self.value_format = key_format, value_format
+        super().__init__(layer_class_to_replicate=functools.partial(
+            BFPLayer, key_format, value_format, scale, chunk, config))
+
+    def bytes_per_token(self) -> int:
+        """Bytes of KV storage per token of one sequence, summed over layers (keys + values)."""
+        return sum(layer.key_bytes_per_token() + layer.value_bytes_per_token() for layer in self.layers)
+
+    def key_bits_per_element(self) -> float:
+        """Stored key bits per key element (exponent bytes and block padding included)."""
+        layers = [la for la in self.layers if la.is_initialized]
+        if not layers:
+            return float("nan")
+        bits = sum(8 * la.key_bytes_per_token() for la in layers)
+        return bits / sum(la.num_heads * la.head_dim for la in layers)
+
+
+def _mask_allows_all(mask: Optional[torch.Tensor]) -> bool:
+    if mask is None:
+        return True
+    if mask.dtype == torch.bool:
+        return bool(mask.all())
+    return bool((mask == 0).all())
+
+
+def bfp_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function ``"fastpaper_bfp"``: a single-token decode step over a
+    :class:`BFPLayer` runs :func:`fastpaper.bfp.decode_attention` on the packed storage; anything
+    else (prefill, masked steps, other caches) is transformers' SDPA on dense tensors."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    layer = getattr(key, "_fastpaper_bfp_layer", None)
+    if layer is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    if query.shape[2] != 1 or not _mask_allows_all(attention_mask) or (dropout and module.training):
+        return sdpa_attention_forward(module, query, layer.keys_dense(), layer.values_dense(),
+                                      attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    from .bfp_attention import decode_attention
+
+    out = decode_attention(query[:, :, 0], layer.packed_keys(), layer.packed_values(), scale=scaling)
+    return out.unsqueeze(1), None                    # [batch, 1, q_heads, v_dim], like SDPA
+
+
+def use_bfp_attention(model) -> None:
+    """Register the ``"fastpaper_bfp"`` attention function and switch ``model`` to it; then pass
+    ``BFPCache(..., config=model.config)`` so decode steps read the packed cache directly."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, bfp_attention_forward)
+    model.set_attn_implementation(ATTENTION_NAME)
