@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
-import time
-from typing import Callable
 
 import torch
+from bench_common import device_name, time_ms
 
 import fastpaper
 import fastpaper.bfp as fbfp
@@ -36,42 +33,6 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 DEFAULT_NUMEL = {"cpu": 1 << 23, "cuda": 1 << 28}
 DEFAULT_REPEATS = {"cpu": 3, "cuda": 20}
 DEFAULT_WARMUP = {"cpu": 1, "cuda": 3}
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of fn() in milliseconds; CUDA work is bracketed by events on the current
-    stream, so only the device time of the launched kernels (plus launch gaps) counts."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-    else:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -152,7 +113,7 @@ def run(fmt_name: str, dtype_name: str, device: torch.device, numel: int, cols: 
         "packed_bytes": packed_bytes,
         "bits_per_element": packed.bits_per_element,
         "device": str(device),
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "warmup": warmup,

@@ -24,36 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 
 import torch
+from bench_common import device_name, time_ms
 import torch.nn.functional as F
 
 from fastpaper import bfp
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def time_ms(fn, device, warmup, repeats) -> float:
-    import statistics
-    import time
-
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            samples.append(a.elapsed_time(b))
-        else:
-            t = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(samples)
 
 
 def run(T, B, hq, hkv, d, dtype, device, fmt, warmup, repeats):
@@ -126,7 +104,7 @@ def main():
                 else ([1024, 4096, 16384] if cpu else [4096, 16384, 32768, 65536, 131072]))
     repeats = args.repeats or (5 if cpu else 50)
     fmt = bfp.Format(args.block, 4)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    name = device_name(device)
     print(f"# decode attention, B={args.batch} q_heads={args.q_heads} kv_heads={args.kv_heads} "
           f"d={args.head_dim} {args.dtype}, keys BFP12_{args.block}; {name}, torch {torch.__version__}")
     all_rows, checks = [], []

@@ -30,13 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import sys
-import time
-from typing import Callable
 
 import torch
+from bench_common import device_name, time_ms
 
 import fastpaper
 from fastpaper import pararnn
@@ -44,40 +41,6 @@ from fastpaper.nn import ParaGRU, ParaLSTM
 
 DEFAULTS = {"cpu": dict(B=4, T=1024, N=128, D=64, repeats=3, warmup=1),
             "cuda": dict(B=8, T=2048, N=1024, D=1024, repeats=10, warmup=2)}
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> float:
-    """Median wall time of fn() in ms (CUDA: events bracketing the launched work)."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
 
 
 def loop_scan(J: torch.Tensor, r: torch.Tensor, k: int) -> torch.Tensor:
@@ -160,7 +123,7 @@ def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repea
             add(f"{name} fwd+bwd", "fastpaper parallel (Newton+scan)", ms, base)
 
     metadata = {"B": B, "T": T, "N": N, "D": D, "dtype": dtype_name, "device": str(device),
-                "device_name": _device_name(device), "torch": torch.__version__,
+                "device_name": device_name(device), "torch": torch.__version__,
                 "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
                 "fastpaper": fastpaper.info()}
     return {"metadata": metadata, "rows": rows}

@@ -44,11 +44,7 @@ Status check_call(int64_t rows, int64_t cols, Format fmt, Options opt, DType in_
   if (rows > 0 && cols > 0 && (a == nullptr || b == nullptr || c == nullptr)) {
     return fail(Status::invalid_argument, "null data pointer for a non-empty tensor");
   }
-  if (device == Device::cuda && !FASTPAPER_HAS_CUDA) {
-    return fail(Status::not_built_with_cuda,
-                "this fastpaper library was built without CUDA kernels (FASTPAPER_CUDA=OFF or "
-                "no nvcc at build time)");
-  }
+  if (Status s = fastpaper::detail::check_device_built(device); s != Status::ok) return s;
   return fastpaper::detail::succeed();
 }
 

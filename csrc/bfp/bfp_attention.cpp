@@ -77,9 +77,7 @@ Status decode_attention(const DecodeAttentionArgs& a, Device device, void* strea
   }
   const DecodeCodecs c{codec_of(a.k_format), codec_of(packed_v ? a.v_format : Format{}), packed_v};
   if (device == Device::cuda) {
-    if (!FASTPAPER_HAS_CUDA) {
-      return fail(Status::not_built_with_cuda, "this fastpaper library was built without CUDA kernels");
-    }
+    if (Status s = fastpaper::detail::check_device_built(device); s != Status::ok) return s;
     if (a.workspace == nullptr) {
       return fail(Status::invalid_argument, "CUDA decode_attention needs a workspace of "
                                             "decode_attention_workspace_bytes(...) bytes");

@@ -2,6 +2,7 @@
 // (torch or numpy) and passed in; CUDA work is enqueued on the stream passed as an integer.
 #include "fastpaper/bfp.h"
 
+#include "bindings/bfp_format.h"
 #include "bindings/common.h"
 
 namespace nb = nanobind;
@@ -10,11 +11,7 @@ using fastpaper::bindings::Array;
 
 namespace {
 
-bfp::Format format_of(int block, int mantissa_bits, int element) {
-  bfp::Format f{block, mantissa_bits, static_cast<bfp::Element>(element)};
-  bindings::raise_if_failed(bfp::check_format(f));
-  return f;
-}
+using bindings::format_of;
 
 void check_packed(const Array& mantissas, const Array& exponents, int64_t rows, int64_t cols,
                   bfp::Format f) {

@@ -7,6 +7,7 @@
 
 #include <optional>
 
+#include "bindings/bfp_format.h"
 #include "bindings/common.h"
 
 namespace nb = nanobind;
@@ -15,11 +16,7 @@ using fastpaper::bindings::Array;
 
 namespace {
 
-bfp::Format format_of(int block, int mantissa_bits, int element) {
-  bfp::Format f{block, mantissa_bits, static_cast<bfp::Element>(element)};
-  bindings::raise_if_failed(bfp::check_format(f));
-  return f;
-}
+using bindings::format_of;
 
 int64_t rows_of(int64_t seq, int64_t batch, int64_t heads, const char* what) {
   return bindings::checked_mul(bindings::checked_mul(seq, batch, what), heads, what);

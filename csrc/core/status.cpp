@@ -2,6 +2,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "fastpaper/config.h"
 #include "fastpaper/status.h"
 
 namespace fastpaper {
@@ -28,6 +29,14 @@ Status fail(Status s, std::string message) {
 }
 Status succeed() {
   g_last_error.clear();
+  return Status::ok;
+}
+Status check_device_built(Device device) {
+  if (device == Device::cuda && !FASTPAPER_HAS_CUDA) {
+    return fail(Status::not_built_with_cuda,
+                "this fastpaper library was built without CUDA kernels (FASTPAPER_CUDA=OFF or "
+                "no nvcc at build time)");
+  }
   return Status::ok;
 }
 }  // namespace detail

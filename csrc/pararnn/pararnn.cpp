@@ -49,11 +49,7 @@ Status check_call(const void* J, const void* r, const void* h0, const void* h, i
   if (n > 0 && (J == nullptr || r == nullptr || h == nullptr)) {
     return fail(Status::invalid_argument, "null data pointer for a non-empty tensor");
   }
-  if (device == Device::cuda && !FASTPAPER_HAS_CUDA) {
-    return fail(Status::not_built_with_cuda,
-                "this fastpaper library was built without CUDA kernels (FASTPAPER_CUDA=OFF or "
-                "no nvcc at build time)");
-  }
+  if (Status s = fastpaper::detail::check_device_built(device); s != Status::ok) return s;
   return fastpaper::detail::succeed();
 }
 

@@ -15,6 +15,7 @@
 #include <string>
 
 #include "bfp/bfp_attention_backends.h"
+#include "core/cuda_launch.h"
 #include "core/error.h"
 #include "fastpaper/detail/bfp_attention.h"
 #include "fastpaper/detail/float_convert.h"
@@ -157,11 +158,7 @@ Status launch(const DecodeAttentionArgs& a, const DecodeCodecs& cd, cudaStream_t
                                                           nullptr, a.v, g, cd.k, cd.k, ws);
   }
   decode_combine_kernel<D><<<static_cast<unsigned>(bq), 32, 0, stream>>>(ws, g, a.out);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    return fastpaper::detail::fail(Status::cuda_error, std::string("bfp::decode_attention: ") + cudaGetErrorString(err));
-  }
-  return Status::ok;
+  return fastpaper::detail::launched("bfp::decode_attention");
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 
 #include "bfp/bfp_backends.h"
 #include "core/error.h"
+#include "core/cuda_launch.h"
 #include "fastpaper/detail/float_convert.h"
 
 namespace fastpaper::bfp::cuda {
@@ -253,14 +254,7 @@ int grid_for(int64_t chunks) {
   return static_cast<int>(blocks < (1 << 20) ? blocks : (1 << 20));
 }
 
-Status launched(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    return fastpaper::detail::fail(Status::cuda_error,
-                                   std::string(what) + ": " + cudaGetErrorString(err));
-  }
-  return Status::ok;
-}
+using fastpaper::detail::launched;
 
 int elem_bytes(DType d) { return d == DType::float32 ? 4 : 2; }
 

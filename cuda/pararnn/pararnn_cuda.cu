@@ -22,6 +22,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "core/cuda_launch.h"
 #include "fastpaper/detail/pararnn_scan.h"
 #include "pararnn/pararnn_backends.h"
 
@@ -115,14 +116,7 @@ scan_kernel(const S* __restrict__ J, const S* r, const S* __restrict__ h0, S* h,
   }
 }
 
-Status launched(const char* what) {
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) {
-    return fastpaper::detail::fail(Status::cuda_error,
-                                   std::string(what) + ": " + cudaGetErrorString(err));
-  }
-  return Status::ok;
-}
+using fastpaper::detail::launched;
 
 template <int K, typename S>
 void launch(const S* J, const S* r, const S* h0, S* h, const ScanShape& s, cudaStream_t stream) {

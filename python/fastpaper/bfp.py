@@ -34,7 +34,7 @@ ops, usable under ``torch.compile``) and numpy arrays (float32, float16; CPU).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import numpy as np
 

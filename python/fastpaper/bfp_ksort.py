@@ -133,7 +133,6 @@ def _calibrate(model, layers, calib_inputs) -> list[tuple[torch.Tensor, torch.Te
 
 def _plan(attn, method, stats, smoothing, alpha, p) -> KSortLayer:
     d, n_q, n_kv = _geometry(attn)
-    half = d // 2
     if method == "norm":
         w = attn.k_proj.weight.detach().float().reshape(n_kv, d, -1)
         mag = w.norm(p=p, dim=-1)                           # row norms [H_kv, d]

@@ -28,6 +28,7 @@ it and in whatever order. :meth:`Family.assemble` returns ``(A, b)`` with A a
 
 from __future__ import annotations
 
+import abc
 from typing import Optional
 
 import numpy as np
@@ -94,7 +95,7 @@ def _assemble_diffusion(a_e, a_w, a_n, a_s, grid, extra_diag=None, conv=None):
     return A, off, nb
 
 
-class Family:
+class Family(abc.ABC):
     """A PDE family: ``sample(index, seed) -> param`` and ``assemble(param) -> (A, b)``."""
 
     name = "family"
@@ -111,11 +112,13 @@ class Family:
     def rng(self, index: int, seed: int) -> np.random.Generator:
         return np.random.default_rng([int(seed), int(index)])
 
+    @abc.abstractmethod
     def sample(self, index: int, seed: int = 0) -> np.ndarray:
-        raise NotImplementedError
+        """The parameter field of sample `index` (deterministic in (seed, index))."""
 
+    @abc.abstractmethod
     def assemble(self, param: np.ndarray):
-        raise NotImplementedError
+        """(A, b) of the discretized PDE for one parameter field."""
 
     def _check_param(self, param) -> np.ndarray:
         p = np.asarray(param, dtype=np.float64)
