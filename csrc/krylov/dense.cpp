@@ -16,6 +16,26 @@ namespace fastpaper::krylov::dense {
 namespace {
 inline blasint I(int64_t v) { return static_cast<blasint>(v); }
 inline CBLAS_TRANSPOSE T(bool t) { return t ? CblasTrans : CblasNoTrans; }
+
+// After geqrf: copy the upper triangle R out of A and report the first column whose |R_jj| is not
+// above rank_tol * max|R_ii| (numerically dependent), for the real and the complex QR alike.
+template <typename S>
+bool copy_r_and_check_rank(int64_t cols, const S* A, int64_t lda, std::vector<S>& R,
+                           double rank_tol, int64_t& bad) {
+  double rmax = 0;
+  for (int64_t j = 0; j < cols; ++j) {
+    for (int64_t i = 0; i <= j; ++i) R[i + j * cols] = A[i + j * lda];
+    rmax = std::max(rmax, std::abs(R[j + j * cols]));
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    const double d = std::abs(R[j + j * cols]);
+    if (!(d > rank_tol * rmax) || !std::isfinite(d)) {
+      bad = j;
+      return false;
+    }
+  }
+  return true;
+}
 }  // namespace
 
 void single_threaded_blas() {
@@ -88,18 +108,7 @@ bool qr(int64_t rows, int64_t cols, double* A, int64_t lda, std::vector<double>&
   if (scipy_LAPACKE_dgeqrf(LAPACK_COL_MAJOR, I(rows), I(cols), A, I(lda), tau.data()) != 0) {
     return false;
   }
-  double rmax = 0;
-  for (int64_t j = 0; j < cols; ++j) {
-    for (int64_t i = 0; i <= j; ++i) R[i + j * cols] = A[i + j * lda];
-    rmax = std::max(rmax, std::abs(R[j + j * cols]));
-  }
-  for (int64_t j = 0; j < cols; ++j) {
-    const double d = std::abs(R[j + j * cols]);
-    if (!(d > rank_tol * rmax) || !std::isfinite(d)) {
-      bad = j;
-      return false;
-    }
-  }
+  if (!copy_r_and_check_rank(cols, A, lda, R, rank_tol, bad)) return false;
   return scipy_LAPACKE_dorgqr(LAPACK_COL_MAJOR, I(rows), I(cols), I(cols), A, I(lda),
                               tau.data()) == 0;
 }
@@ -179,18 +188,7 @@ bool qr(int64_t rows, int64_t cols, Z* A, int64_t lda, std::vector<Z>& R, double
   if (scipy_LAPACKE_zgeqrf(LAPACK_COL_MAJOR, I(rows), I(cols), L(A), I(lda), L(tau.data())) != 0) {
     return false;
   }
-  double rmax = 0;
-  for (int64_t j = 0; j < cols; ++j) {
-    for (int64_t i = 0; i <= j; ++i) R[i + j * cols] = A[i + j * lda];
-    rmax = std::max(rmax, std::abs(R[j + j * cols]));
-  }
-  for (int64_t j = 0; j < cols; ++j) {
-    const double d = std::abs(R[j + j * cols]);
-    if (!(d > rank_tol * rmax) || !std::isfinite(d)) {
-      bad = j;
-      return false;
-    }
-  }
+  if (!copy_r_and_check_rank(cols, A, lda, R, rank_tol, bad)) return false;
   return scipy_LAPACKE_zungqr(LAPACK_COL_MAJOR, I(rows), I(cols), I(cols), L(A), I(lda),
                               L(tau.data())) == 0;
 }

@@ -7,12 +7,10 @@ The kernels run on torch's current CUDA stream; outputs are allocated by torch.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from . import _native
-from ._torch import LIB, stream_of
+from ._torch import LIB, device_guard, stream_of
 from .bfp import Format, PackedBFP
 
 _C = _native.load("bfp")
@@ -49,17 +47,11 @@ def _rows(x: torch.Tensor) -> int:
     return x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
 
 
-_NO_GUARD = contextlib.nullcontext()
-
-
 def _launch(t: torch.Tensor):
-    """(device code, stream, context) for a kernel on t's device: CUDA kernels go on torch's
-    current stream of t's device, with that device made current."""
-    if t.device.type == "cuda":
-        return 1, stream_of(t), torch.cuda.device(t.device)
-    if t.device.type != "cpu":
+    """(device code, stream, device context) for a kernel on t's device."""
+    if t.device.type not in ("cpu", "cuda"):
         raise ValueError(f"tensors must be on the CPU or a CUDA device, got {t.device}")
-    return 0, 0, _NO_GUARD
+    return (1 if t.device.type == "cuda" else 0), stream_of(t), device_guard(t)
 
 
 def _code(t: torch.Tensor, name: str) -> int:

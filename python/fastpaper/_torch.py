@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 # One library object owns the namespace; every area defines its ops on it.
@@ -15,10 +17,12 @@ def stream_of(t: torch.Tensor) -> int:
     return torch.cuda.current_stream(t.device).cuda_stream
 
 
+_NO_GUARD = contextlib.nullcontext()  # reusable; CPU work needs no device switch
+
+
 def device_guard(t: torch.Tensor):
-    """Context that makes t's device current (needed for DLPack export of CUDA tensors)."""
+    """Context that makes t's device current, so kernels launch on (and DLPack exports from) the
+    device that owns t; a shared no-op context for CPU tensors."""
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
-    import contextlib
-
-    return contextlib.nullcontext()
+    return _NO_GUARD
