@@ -229,3 +229,14 @@ def test_training_loss_falls():
     assert len(hist) == 40 and all(math.isfinite(h["total"]) for h in hist)
     for t in ("semseg", "depth"):
         assert after[t] < 0.8 * before[t], (t, before, after)
+
+
+def test_demo_section_small():
+    from fastpaper import demo
+
+    (result,) = demo.run(demo.DemoConfig(small=True), ["moe"])
+    layer, flops, training = result["tables"]
+    assert layer["rows"][0]["max_abs_diff"] < 1e-4
+    assert all(0.8 < r["reduction"] / 100 < 0.95 for r in flops["rows"])
+    assert any(r["after"] < r["before"] for r in training["rows"])
+    assert "M³ViT" in demo.format_section(result)
