@@ -123,3 +123,17 @@ def test_demo_small_console_script_env():
 def test_demo_unknown_section():
     with pytest.raises(SystemExit):
         cli.main(["demo", "--small", "--section", "nope"])
+
+
+@requires_torch
+def test_moe_train_cli(capsys, tmp_path):
+    ckpt = tmp_path / "m3vit.pt"
+    assert cli.main(["moe", "train", "--steps", "3", "--size", "16", "--scenes", "8", "--batch",
+                     "4", "--no-progress", "--out", str(ckpt)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["held_out_after"]) == {"semseg", "depth"} and out["steps"] == 3
+    assert 0 < out["flops_reduction"] < 1
+    from fastpaper.models import M3ViT
+
+    assert M3ViT.from_checkpoint(ckpt).tasks == ["semseg", "depth"]
+    assert cli.main(["moe", "train", "--tasks", "pose", "--no-progress"]) == 2

@@ -372,27 +372,30 @@ __global__ void bias_grad_kernel(const S* buf, const int* offsets, int C, S* db)
   db[int64_t(e) * C + col] = Io<S>::store(acc);
 }
 
-// dscores[p] = sum of the column-tile partials + <dy[t], b2[e]>; one warp per sorted pair, lanes
-// striding over D and combined by a fixed shuffle tree (deterministic).
+// dscores[p] = sum of the column-tile partials + <dy[t], b2[e]>; one warp per sorted pair
+// (grid-stride over pairs), lanes striding over D and combined by a fixed shuffle tree
+// (deterministic).
 template <typename S, typename T>
 __global__ void dscores_kernel(const T* part, int cols, const S* dy, const S* b2,
                                const int* sorted, const int* offsets, const int64_t* indices,
                                int E, int D, int k, T* dscores) {
-  const int64_t pos = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
-  if (pos >= offsets[E]) return;
-  const int p = sorted[pos];
-  const int64_t e = indices[p];
-  const int64_t t = p / k;
-  T acc = 0;
-  for (int d = lane; d < D; d += 32) {
-    acc += Io<S>::load(dy[t * D + d]) * Io<S>::load(b2[e * D + d]);
-  }
-  for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-  if (lane == 0) {
-    T sum = 0;
-    for (int c = 0; c < cols; ++c) sum += part[pos * cols + c];
-    dscores[p] = sum + acc;
+  const int64_t warps = int64_t(gridDim.x) * blockDim.x / 32;
+  for (int64_t pos = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) / 32; pos < offsets[E];
+       pos += warps) {
+    const int p = sorted[pos];
+    const int64_t e = indices[p];
+    const int64_t t = p / k;
+    T acc = 0;
+    for (int d = lane; d < D; d += 32) {
+      acc += Io<S>::load(dy[t * D + d]) * Io<S>::load(b2[e * D + d]);
+    }
+    for (int off = 16; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) {
+      T sum = 0;
+      for (int c = 0; c < cols; ++c) sum += part[pos * cols + c];
+      dscores[p] = sum + acc;
+    }
   }
 }
 

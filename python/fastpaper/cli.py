@@ -127,6 +127,56 @@ def _add_krylov(sub) -> None:
     g.set_defaults(func=_cmd_krylov_generate)
 
 
+def _cmd_moe_train(args: argparse.Namespace) -> int:
+    from .models import M3ViT  # noqa: F401  (imports torch)
+    from .moe_data import TASK_CHANNELS, make_scenes
+    from .moe_train import evaluate, tiny_model, train
+
+    tasks = args.tasks.split(",")
+    unknown = [t for t in tasks if t not in TASK_CHANNELS]
+    if unknown or args.size % 8 or args.size < 8:
+        print(f"fastpaper moe train: tasks must be among {list(TASK_CHANNELS)} and --size a "
+              f"multiple of 8, got {tasks} and {args.size}", file=sys.stderr)
+        return 2
+    size = (args.size, args.size)
+    data = make_scenes(args.scenes, size, seed=args.seed)
+    held = make_scenes(64, size, seed=args.seed + 1)
+    model = tiny_model(size, seed=args.seed, tasks=tasks, router=args.router, noisy_gating=True)
+    before = evaluate(model, held)
+    history = train(model, steps=args.steps, batch_size=args.batch, lr=args.lr, data=data,
+                    seed=args.seed, progress=not args.no_progress)
+    after = evaluate(model, held)
+    if args.out:
+        model.save_checkpoint(args.out)
+    f = model.flops(tasks[0])
+    print(json.dumps({"steps": args.steps, "held_out_before": before, "held_out_after": after,
+                      "last_step": history[-1] if history else None,
+                      "flops_reduction": f["reduction"], "checkpoint": args.out}))
+    return 0
+
+
+def _add_moe(sub) -> None:
+    p = sub.add_parser("moe", help="M3ViT mixture-of-experts: training on procedural scenes",
+                       description="M³ViT task-conditioned mixture-of-experts tools.")
+    msub = p.add_subparsers(dest="moe_command", metavar="VERB", required=True)
+    g = msub.add_parser("train", help="train a small M3ViT on procedural multi-task scenes",
+                        description="Train a small M3ViT (every task's own sparse pathway per "
+                                    "step, plus the load-balancing loss) on generated scenes of "
+                                    "random shapes, print held-out losses as JSON and optionally "
+                                    "save a checkpoint (M3ViT.from_checkpoint reads it).")
+    g.add_argument("--steps", type=int, default=200)
+    g.add_argument("--size", type=int, default=64, help="image side, a multiple of 8")
+    g.add_argument("--scenes", type=int, default=512)
+    g.add_argument("--batch", type=int, default=16)
+    g.add_argument("--lr", type=float, default=2e-3)
+    g.add_argument("--tasks", default="semseg,depth")
+    g.add_argument("--router", choices=("multi-gate", "task-embedding"), default="multi-gate")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", default=None, help="checkpoint path")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_moe_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastpaper",
@@ -139,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     # Section names are listed statically so that `fastpaper --help` does not import torch.
-    sections = ["bfp", "krylov"]
+    sections = ["bfp", "krylov", "moe"]
     p = sub.add_parser("demo", help="run each area's main job on built-in data",
                        description="Run each area's main job on built-in data and compare with "
                                    "a plain-PyTorch baseline (error, size, throughput).")
@@ -153,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
     p.set_defaults(func=_cmd_demo)
     _add_krylov(sub)
+    _add_moe(sub)
     return parser
 
 
