@@ -21,8 +21,11 @@ Resuming. Progress is committed after every sample (the chunk's progress file is
 after the sample's arrays are written), so a killed run loses at most the samples in flight;
 rerunning the same command skips what is committed and never writes a sample twice (writes go to
 sample i's own chunk). Samples are drawn from ``default_rng([seed, i])``, so a resumed run has
-exactly the inputs of an uninterrupted one. The recycle space is not stored: the first system a
-chunk solves after a resume starts without one.
+exactly the inputs of an uninterrupted one. The recycle space U of each chunk is saved with its
+progress (``progress/recycle_*.npy``, tagged with the number of systems it follows), so a resumed
+chunk continues with the U an uninterrupted run would have: the resumed run's solutions, iterations
+and matvecs are the uninterrupted run's, bit for bit. A saved U that does not match the committed
+progress (killed between the two writes) is ignored and the chunk restarts recycling from scratch.
 """
 
 from __future__ import annotations
@@ -88,11 +91,45 @@ def _chunk_done(out: str, chunk: int) -> int:
     return _read_json(path)["done"] if os.path.exists(path) else 0
 
 
+def _recycle_path(out: str, chunk: int) -> str:
+    return os.path.join(out, "progress", f"recycle_{chunk:06d}.npy")
+
+
+def _save_recycle(out: str, chunk: int, done: int, U: np.ndarray) -> None:
+    # Row 0 holds the tag (systems solved before this U), rows 1.. hold U: one file, one atomic
+    # replace, so the tag and the basis can never disagree.
+    tagged = np.empty((U.shape[0] + 1, U.shape[1] if U.ndim == 2 else 0), dtype=U.dtype)
+    tagged[0] = done
+    tagged[1:] = U
+    path = _recycle_path(out, chunk)
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    with open(tmp, "wb") as f:
+        np.save(f, tagged)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_recycle(out: str, chunk: int, done: int) -> Optional[np.ndarray]:
+    """The chunk's saved U if it follows exactly ``done`` systems, else None."""
+    path = _recycle_path(out, chunk)
+    if done == 0 or not os.path.exists(path):
+        return None
+    try:
+        tagged = np.load(path)
+    except (OSError, ValueError):  # a torn file cannot happen (atomic replace), a foreign one can
+        return None
+    if tagged.ndim != 2 or tagged.shape[0] < 1 or tagged.shape[1] == 0 or tagged[0, 0] != done:
+        return None
+    return tagged[1:]
+
+
 def solve_chunk(out: str, chunk: int, start: int, end: int, limit: Optional[int] = None,
                 on_system=None) -> dict:
-    """Solve positions [start, end) of the store's solve order (one chunk) with a fresh recycling
-    solver, skipping what the chunk already committed; commit after every system. Runs in the
-    calling process or as a Dask task. Returns ``{"chunk", "solved", "matvecs"}``."""
+    """Solve positions [start, end) of the store's solve order (one chunk) with a recycling
+    solver, skipping what the chunk already committed and continuing from its saved recycle space;
+    commit after every system. Runs in the calling process or as a Dask task. Returns
+    ``{"chunk", "solved", "matvecs"}``."""
     zarr = _zarr()
     g = zarr.open_group(out, mode="r+")
     st = dict(g.attrs["settings"])
@@ -102,6 +139,9 @@ def solve_chunk(out: str, chunk: int, start: int, end: int, limit: Optional[int]
     solver = krylov.RecyclingSolver(st["m"], st["k"], rtol=st["rtol"], M=st["precond"],
                                     maxiter=st["maxiter"])
     done = _chunk_done(out, chunk)
+    saved = _load_recycle(out, chunk, done)
+    if saved is not None:
+        solver.recycle.set(saved)
     stop = end if limit is None else min(end, start + done + int(limit))
     matvecs = 0
     for pos in range(start + done, stop):
@@ -111,6 +151,8 @@ def solve_chunk(out: str, chunk: int, start: int, end: int, limit: Optional[int]
         g["solutions"][i] = x.reshape(s, s)
         g["stats"][i] = [info.iterations, info.matvecs, info.relative_residual,
                          float(info.converged), info.seconds, pos]
+        if solver.recycle.dim > 0 and pos + 1 < end:
+            _save_recycle(out, chunk, pos - start + 1, solver.recycle.U)
         _write_json(_chunk_path(out, chunk), {"done": pos - start + 1})
         matvecs += info.matvecs
         if on_system is not None:
