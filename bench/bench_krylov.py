@@ -22,6 +22,8 @@ OpenBLAS use by default (fastpaper's solver runs its BLAS single-threaded).
     python bench/bench_krylov.py [--family darcy] [--grid 102 [257 ...]] [--count 20] [--json out.json]
 
 --grid 102 gives 10^4 unknowns, --grid 257 gives 6.5 x 10^4 (the issue's two sizes).
+--single converts every system to float32 (complex64 for helmholtz) for all methods; use an rtol
+single precision can reach (1e-4).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def _counting(A):
         count[0] += 1
         return A @ v
 
-    return spl.LinearOperator(A.shape, matvec=mv, dtype=np.float64), count
+    return spl.LinearOperator(A.shape, matvec=mv, dtype=A.dtype), count
 
 
 def run_scipy_gmres(As, bs, rtol, maxiter):
@@ -155,13 +157,18 @@ def _pyamg_missing():
 def run_grid(args, grid):
     t = time.perf_counter()
     params, As, bs = sample_systems(args.family, grid, args.count, args.seed)
+    if args.single:
+        dt = np.complex64 if np.iscomplexobj(As[0].data) else np.float32
+        As = [A.astype(dt) for A in As]
+        bs = [b.astype(dt) for b in bs]
     gen_s = time.perf_counter() - t
     t = time.perf_counter()
     order = krylov.sort_systems(params, "greedy")
     sort_s = time.perf_counter() - t
     n = As[0].shape[0]
     print(f"{args.family}: {args.count} systems, n = {n}, nnz = {As[0].nnz}, rtol = {args.rtol:g}; "
-          f"sampling+assembly {gen_s:.2f} s, greedy sort {sort_s * 1e3:.1f} ms", flush=True)
+          f"dtype {As[0].dtype}; sampling+assembly {gen_s:.2f} s, greedy sort {sort_s * 1e3:.1f} ms",
+          flush=True)
 
     ident = list(range(args.count))
     r, mi = args.rtol, args.maxiter
@@ -207,6 +214,7 @@ def run_grid(args, grid):
         print(f"{x['method']:46s} {x['matvecs_mean']:15.1f} {x['ms_per_system']:10.2f} "
               f"{x['failed']:7d} {sp:>23s}")
     return {"family": args.family, "grid": grid, "n": n, "count": args.count, "rtol": args.rtol,
+            "dtype": str(As[0].dtype),
             "maxiter": args.maxiter, "sort_seconds": sort_s, "results": results}
 
 
@@ -219,6 +227,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rtol", type=float, default=1e-8)
     ap.add_argument("--maxiter", type=int, default=10000, help="matvec / iteration cap per system")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--single", action="store_true", help="float32 / complex64 systems")
     ap.add_argument("--skip", action="append", default=[], help="skip a method (repeatable)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)

@@ -108,6 +108,27 @@ def test_resume_ignores_a_recycle_space_that_does_not_match_progress(tmp_path):
     _check_store(out, "darcy", 26, 8)
 
 
+@pytest.mark.parametrize("family", ["darcy", "helmholtz"])
+def test_single_precision_store(tmp_path, family):
+    out = str(tmp_path / "s.zarr")
+    args = ["krylov", "generate", "--family", family, "--grid", "22", "--count", "4", "--m", "30",
+            "--k", "6", "--precond", "ilu0", "--precision", "single", "--no-progress", "--out", out]
+    assert cli.main(args) == 0
+    g = zarr.open_group(out, mode="r")
+    sol = g["solutions"][:]
+    assert sol.dtype == (np.complex64 if family == "helmholtz" else np.float32)
+    fam = make_family(family, 22)
+    for i in range(4):
+        A, b = fam.assemble(g["params"][i])
+        xs = spl.spsolve(A.tocsc(), b)
+        # solved to rtol 1e-8 in mixed precision, then rounded to single
+        err = np.linalg.norm(sol[i].ravel() - xs) / np.linalg.norm(xs)
+        assert err <= 1e-5, err
+    assert cli.main(args) == 0 and read_progress(out)["done"] == 4  # resumes as a finished run
+    with pytest.raises(ValueError, match="precision"):
+        generate(family, 22, 4, str(tmp_path / "x.zarr"), precision="half", progress=False)
+
+
 def test_generate_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="family"):
         generate("heat", 20, 3, str(tmp_path / "a.zarr"), progress=False)

@@ -85,7 +85,7 @@ def _cmd_krylov_generate(args: argparse.Namespace) -> int:
                            precond=None if args.precond == "none" else args.precond,
                            maxiter=args.maxiter, chunk_size=args.chunk_size,
                            scheduler=args.scheduler, progress=not args.no_progress,
-                           stop_after=args.stop_after)
+                           stop_after=args.stop_after, precision=args.precision)
     except ValueError as e:
         print(f"fastpaper krylov generate: {e}", file=sys.stderr)
         return 2
@@ -117,6 +117,8 @@ def _add_krylov(sub) -> None:
     g.add_argument("--rtol", type=float, default=1e-8)
     g.add_argument("--precond", choices=("none", "jacobi", "ilu0"), default="none")
     g.add_argument("--maxiter", type=int, default=None)
+    g.add_argument("--precision", choices=("double", "single"), default="double",
+                   help="single: float32/complex64 systems and solutions (mixed-precision solver)")
     g.add_argument("--chunk-size", type=int, default=None,
                    help="systems per recycling chunk of the sorted sequence (default: all)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
