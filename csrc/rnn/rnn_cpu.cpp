@@ -22,6 +22,7 @@
 #endif
 
 #include "rnn/rnn_backends.h"
+#include "rnn/rnn_gemm.h"
 
 namespace fastpaper::rnn::cpu {
 namespace {
@@ -59,25 +60,51 @@ int max_threads() {
 #endif
 }
 
-// R [G][NH][DH][DH] (storage) -> Rp [NH][G*DH][DH] (compute type).
-template <typename S, typename T>
-std::vector<T> repack_R(const S* R, int64_t G, int64_t NH, int64_t DH) {
-  std::vector<T> Rp(static_cast<size_t>(G * NH * DH * DH));
-  const int64_t blk = DH * DH;
-#pragma omp parallel for schedule(static) if (G * NH * blk > (1 << 16))
-  for (int64_t gn = 0; gn < G * NH; ++gn) {
-    const int64_t g = gn / NH, n = gn % NH;
-    const S* src = R + gn * blk;
-    T* dst = Rp.data() + (n * G + g) * blk;
-    for (int64_t i = 0; i < blk; ++i) dst[i] = Io<S>::load(src[i]);
-  }
-  return Rp;
-}
+#define FP_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 
-// Column slices of the G*DH outputs of a head, so that heads x slices >= threads.
-int64_t slices_for(int64_t NH, int64_t cols) {
-  const int64_t want = (max_threads() + NH - 1) / NH;
-  return std::max<int64_t>(1, std::min<int64_t>(want, cols / 32));
+// The pointwise forward of one (batch, head) row of DH units, in chunks of kChunk units copied to
+// local arrays: the compute loop then touches only locals, which the compiler can vectorize
+// without runtime alias checks between the many state/gate pointers.
+constexpr int64_t kChunk = 64;
+
+template <typename S, typename T, typename C>
+FP_CPU_CLONES void cell_forward_row(int64_t DH, int64_t N, const S* wx, const T* rec,
+                                    const T* bias, T* const* prev, T* const* next, T* cache,
+                                    S* out) {
+  constexpr int G = C::G, GB = C::GB, NS = C::S;
+  for (int64_t j0 = 0; j0 < DH; j0 += kChunk) {
+    const int64_t n = std::min(kChunk, DH - j0);
+    T w[G][kChunk], r[G][kChunk], bb[GB][kChunk], p[NS][kChunk], pre[GB][kChunk], nx[NS][kChunk];
+    for (int g = 0; g < G; ++g)
+      for (int64_t j = 0; j < n; ++j) {
+        w[g][j] = Io<S>::load(wx[g * N + j0 + j]);
+        r[g][j] = rec[g * DH + j0 + j];
+      }
+    for (int g = 0; g < GB; ++g)
+      for (int64_t j = 0; j < n; ++j) bb[g][j] = bias[g * N + j0 + j];
+    for (int s = 0; s < NS; ++s)
+      for (int64_t j = 0; j < n; ++j) p[s][j] = prev[s][j0 + j];
+    for (int64_t j = 0; j < n; ++j) {
+      T wj[G], rj[G], bj[GB], pj[NS], prej[GB], nxj[NS];
+      for (int g = 0; g < G; ++g) {
+        wj[g] = w[g][j];
+        rj[g] = r[g][j];
+      }
+      for (int g = 0; g < GB; ++g) bj[g] = bb[g][j];
+      for (int s = 0; s < NS; ++s) pj[s] = p[s][j];
+      C::preact(wj, rj, bj, prej);
+      C::forward(prej, pj, nxj);
+      for (int g = 0; g < GB; ++g) pre[g][j] = prej[g];
+      for (int s = 0; s < NS; ++s) nx[s][j] = nxj[s];
+    }
+    for (int s = 0; s < NS; ++s)
+      for (int64_t j = 0; j < n; ++j) next[s][j0 + j] = nx[s][j];
+    if (cache) {
+      for (int g = 0; g < GB; ++g)
+        for (int64_t j = 0; j < n; ++j) cache[g * DH + j0 + j] = pre[g][j];
+    }
+    for (int64_t j = 0; j < n; ++j) out[j0 + j] = Io<S>::store(nx[0][j]);
+  }
 }
 
 template <typename S, typename T, template <class> class CellT>
@@ -86,8 +113,14 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
   constexpr int G = C::G, GB = C::GB, NS = C::S;
   const int64_t B = sh.batch, Tn = sh.time, NH = sh.heads, DH = sh.head_dim;
   const int64_t N = NH * DH, BN = B * N, GD = G * DH;
-  single_threaded_blas();
-  const std::vector<T> Rp = repack_R<S, T>(a.R, G, NH, DH);
+  // per head: B(k, g * DH + j) = R[g, n, j, k], so rec = h_n B
+  std::vector<Packed<T>> P(static_cast<size_t>(NH));
+#pragma omp parallel for schedule(static) if (NH > 1 && G * N * DH > (1 << 16))
+  for (int64_t n = 0; n < NH; ++n) {
+    P[n].pack(DH, GD, [&](int64_t k, int64_t c) {
+      return Io<S>::load(a.R[(((c / DH) * NH + n) * DH + c % DH) * DH + k]);
+    });
+  }
   std::vector<T> bias(static_cast<size_t>(GB * N));
   for (int64_t i = 0; i < GB * N; ++i) bias[i] = Io<S>::load(a.b[i]);
   // states at time t (t = 0: initial): hist when saved, else a two-slot ring
@@ -100,56 +133,79 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
     for (int64_t i = 0; i < BN; ++i) st[i] = a.states0 ? Io<S>::load(a.states0[s * BN + i]) : T(0);
   }
   std::vector<T> rec(static_cast<size_t>(B * NH * GD));
-  const int64_t slices = slices_for(NH, GD);
-  const int64_t slice_cols = (GD + slices - 1) / slices;
-  const bool par_gemm = B * NH * GD * DH > (1 << 14);
-  const bool par_cell = BN * G > (1 << 12);
+  const int64_t panels = P[0].panels;
+  // one parallel region for the whole sequence: two work-shared loops (with their barriers) per
+  // step instead of a fork/join per step
+#pragma omp parallel if (B * NH * GD * DH > (1 << 15))
   for (int64_t t = 0; t < Tn; ++t) {
     const T* h = state(0, t);
-#pragma omp parallel for schedule(static) if (par_gemm)
-    for (int64_t task = 0; task < NH * slices; ++task) {
-      const int64_t n = task / slices, c0 = (task % slices) * slice_cols;
-      const int64_t cols = std::min(slice_cols, GD - c0);
-      if (cols <= 0) continue;
-      gemm(false, true, B, cols, DH, h + n * DH, N, Rp.data() + (n * GD + c0) * DH, DH, T(0),
-           rec.data() + n * GD + c0, NH * GD);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < NH * panels; ++task) {
+      const int64_t n = task / panels, p = task % panels;
+      packed_gemm(h + n * DH, N, B, P[n], p, p + 1, rec.data() + n * GD, NH * GD, false);
     }
-#pragma omp parallel for schedule(static) if (par_cell)
+#pragma omp for schedule(static)
     for (int64_t bn = 0; bn < B * NH; ++bn) {
       const int64_t b = bn / NH, n = bn % NH;
       const bool active = a.lengths == nullptr || t < a.lengths[b];
-      const S* wx_base = a.Wx + ((b * Tn + t) * G * NH + n) * DH;
       S* out = a.h_all + ((b * Tn + t) * NH + n) * DH;
       T* cache = a.cache ? a.cache + ((t * B + b) * NH + n) * GB * DH : nullptr;
-      for (int64_t j = 0; j < DH; ++j) {
-        const int64_t idx = bn * DH + j;
-        T prev[NS], next[NS], pre[GB];
-        for (int s = 0; s < NS; ++s) prev[s] = state(s, t)[idx];
-        if (active) {
-          T wx[G], r[G], bb[GB];
-          for (int g = 0; g < G; ++g) {
-            wx[g] = Io<S>::load(wx_base[g * N + j]);
-            r[g] = rec[(bn * G + g) * DH + j];
-          }
-          for (int g = 0; g < GB; ++g) bb[g] = bias[g * N + n * DH + j];
-          C::preact(wx, r, bb, pre);
-          C::forward(pre, prev, next);
-          out[j] = Io<S>::store(next[0]);
-        } else {
-          for (int s = 0; s < NS; ++s) next[s] = prev[s];
-          for (int g = 0; g < GB; ++g) pre[g] = T(0);
-          out[j] = Io<S>::store(T(0));
-        }
-        for (int s = 0; s < NS; ++s) state(s, t + 1)[idx] = next[s];
-        if (cache) {
-          for (int g = 0; g < GB; ++g) cache[g * DH + j] = pre[g];
-        }
+      T* prev[NS];
+      T* next[NS];
+      for (int s = 0; s < NS; ++s) {
+        prev[s] = state(s, t) + bn * DH;
+        next[s] = state(s, t + 1) + bn * DH;
+      }
+      if (active) {
+        cell_forward_row<S, T, C>(DH, N, a.Wx + ((b * Tn + t) * G * NH + n) * DH,
+                                  rec.data() + bn * GD, bias.data() + n * DH, prev, next, cache,
+                                  out);
+      } else {  // past the end: frozen states, zero output
+        for (int s = 0; s < NS; ++s) std::copy(prev[s], prev[s] + DH, next[s]);
+        if (cache) std::fill(cache, cache + GB * DH, T(0));
+        for (int64_t j = 0; j < DH; ++j) out[j] = Io<S>::store(T(0));
       }
     }
   }
   for (int s = 0; s < NS; ++s) {
     const T* st = state(s, Tn);
     for (int64_t i = 0; i < BN; ++i) a.last[s * BN + i] = Io<S>::store(st[i]);
+  }
+}
+
+// The pointwise backward of one (batch, head) row (chunked like cell_forward_row).
+template <typename S, typename T, typename C>
+FP_CPU_CLONES void cell_backward_row(int64_t DH, const T* pre_in, T* const* prev, T* const* dS,
+                                     const S* dh, T* w) {
+  constexpr int GB = C::GB, NS = C::S;
+  for (int64_t j0 = 0; j0 < DH; j0 += kChunk) {
+    const int64_t n = std::min(kChunk, DH - j0);
+    T pre[GB][kChunk], p[NS][kChunk], dn[NS][kChunk], dp[NS][kChunk], dpre[GB][kChunk];
+    for (int g = 0; g < GB; ++g)
+      for (int64_t j = 0; j < n; ++j) pre[g][j] = pre_in[g * DH + j0 + j];
+    for (int s = 0; s < NS; ++s)
+      for (int64_t j = 0; j < n; ++j) {
+        p[s][j] = prev[s][j0 + j];
+        dn[s][j] = dS[s][j0 + j];
+      }
+    if (dh) {
+      for (int64_t j = 0; j < n; ++j) dn[0][j] += Io<S>::load(dh[j0 + j]);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      T prej[GB], pj[NS], dnj[NS], dpj[NS], dprej[GB];
+      for (int g = 0; g < GB; ++g) prej[g] = pre[g][j];
+      for (int s = 0; s < NS; ++s) {
+        pj[s] = p[s][j];
+        dnj[s] = dn[s][j];
+      }
+      C::backward(prej, pj, dnj, dpj, dprej);
+      for (int s = 0; s < NS; ++s) dp[s][j] = dpj[s];
+      for (int g = 0; g < GB; ++g) dpre[g][j] = dprej[g];
+    }
+    for (int s = 0; s < NS; ++s)
+      for (int64_t j = 0; j < n; ++j) dS[s][j0 + j] = dp[s][j];
+    for (int g = 0; g < GB; ++g)
+      for (int64_t j = 0; j < n; ++j) w[g * DH + j0 + j] = dpre[g][j];
   }
 }
 
@@ -160,50 +216,45 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
   const int64_t B = sh.batch, Tn = sh.time, NH = sh.heads, DH = sh.head_dim;
   const int64_t N = NH * DH, BN = B * N, GD = G * DH, GBD = GB * DH;
   single_threaded_blas();
-  const std::vector<T> Rp = repack_R<S, T>(a.R, G, NH, DH);
+  // per head: B(g * DH + j, k) = R[g, n, j, k], so dh_prev += d pre_n[:, :G*DH] B
+  std::vector<Packed<T>> P(static_cast<size_t>(NH));
+#pragma omp parallel for schedule(static) if (NH > 1 && G * N * DH > (1 << 16))
+  for (int64_t n = 0; n < NH; ++n) {
+    P[n].pack(GD, DH, [&](int64_t c, int64_t k) {
+      return Io<S>::load(a.R[(((c / DH) * NH + n) * DH + c % DH) * DH + k]);
+    });
+  }
   // dS: gradient of the states entering the current step (walking backwards)
   std::vector<T> dS(static_cast<size_t>(NS * BN));
   for (int64_t i = 0; i < NS * BN; ++i) dS[i] = a.dlast ? Io<S>::load(a.dlast[i]) : T(0);
-  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>((max_threads() + NH - 1) / NH, DH / 32));
-  const int64_t slice_cols = (DH + slices - 1) / slices;
-  const bool par_gemm = B * NH * GD * DH > (1 << 14);
-  const bool par_cell = BN * G > (1 << 12);
+  const int64_t panels = P[0].panels;
   auto hist = [&](int s, int64_t t) { return a.hist + (s * (Tn + 1) + t) * BN; };
+#pragma omp parallel if (B * NH * GD * DH > (1 << 15))
   for (int64_t t = Tn - 1; t >= 0; --t) {
     T* work_t = a.work + t * B * NH * GBD;
-#pragma omp parallel for schedule(static) if (par_cell)
+#pragma omp for schedule(static)
     for (int64_t bn = 0; bn < B * NH; ++bn) {
       const int64_t b = bn / NH, n = bn % NH;
       const bool active = a.lengths == nullptr || t < a.lengths[b];
       T* w = work_t + bn * GBD;
       if (!active) {  // frozen step: states pass through, no gate gradient
-        for (int64_t i = 0; i < GBD; ++i) w[i] = T(0);
+        std::fill(w, w + GBD, T(0));
         continue;
       }
-      const T* pre_base = a.cache + ((t * B + b) * NH + n) * GBD;
-      const S* dh = a.dh_all ? a.dh_all + ((b * Tn + t) * NH + n) * DH : nullptr;
-      for (int64_t j = 0; j < DH; ++j) {
-        const int64_t idx = bn * DH + j;
-        T pre[GB], prev[NS], dnext[NS], dprev[NS], dpre[GB];
-        for (int g = 0; g < GB; ++g) pre[g] = pre_base[g * DH + j];
-        for (int s = 0; s < NS; ++s) {
-          prev[s] = hist(s, t)[idx];
-          dnext[s] = dS[s * BN + idx];
-        }
-        if (dh) dnext[0] += Io<S>::load(dh[j]);
-        C::backward(pre, prev, dnext, dprev, dpre);
-        for (int s = 0; s < NS; ++s) dS[s * BN + idx] = dprev[s];
-        for (int g = 0; g < GB; ++g) w[g * DH + j] = dpre[g];
+      T* prev[NS];
+      T* ds[NS];
+      for (int s = 0; s < NS; ++s) {
+        prev[s] = const_cast<T*>(hist(s, t)) + bn * DH;
+        ds[s] = dS.data() + s * BN + bn * DH;
       }
+      cell_backward_row<S, T, C>(DH, a.cache + ((t * B + b) * NH + n) * GBD, prev, ds,
+                                 a.dh_all ? a.dh_all + ((b * Tn + t) * NH + n) * DH : nullptr, w);
     }
     // dh_{t-1} += d pre_t[:, :G] R  (per head: [B x G*DH] x [G*DH x DH])
-#pragma omp parallel for schedule(static) if (par_gemm)
-    for (int64_t task = 0; task < NH * slices; ++task) {
-      const int64_t n = task / slices, c0 = (task % slices) * slice_cols;
-      const int64_t cols = std::min(slice_cols, DH - c0);
-      if (cols <= 0) continue;
-      gemm(false, false, B, cols, GD, work_t + n * GBD, NH * GBD, Rp.data() + n * GD * DH + c0, DH,
-           T(1), dS.data() + n * DH + c0, N);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < NH * panels; ++task) {
+      const int64_t n = task / panels, p = task % panels;
+      packed_gemm(work_t + n * GBD, NH * GBD, B, P[n], p, p + 1, dS.data() + n * DH, N, true);
     }
   }
   if (a.dstates0) {
@@ -212,11 +263,16 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
   // dR_n [G*DH x DH] = sum over the B*T rows of d pre_n^T h_prev_n
   std::vector<T> dRp(static_cast<size_t>(NH * GD * DH));
   const int64_t rows = Tn * B;
-#pragma omp parallel for schedule(static) if (NH > 1)
-  for (int64_t n = 0; n < NH; ++n) {
-    if (rows == 0) continue;  // T = 0: dR stays zero
-    gemm(true, false, GD, DH, rows, a.work + n * GBD, NH * GBD, a.hist + n * DH, N, T(0),
-         dRp.data() + n * GD * DH, DH);
+  // tasks: (head, slice of the G*DH output rows), so that a single head still uses every thread
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>((max_threads() + NH - 1) / NH, GD / 16));
+  const int64_t slice_rows = (GD + slices - 1) / slices;
+#pragma omp parallel for schedule(static) if (NH * slices > 1 && rows * GD * DH > (1 << 15))
+  for (int64_t task = 0; task < NH * slices; ++task) {
+    const int64_t n = task / slices, r0 = (task % slices) * slice_rows;
+    const int64_t m = std::min(slice_rows, GD - r0);
+    if (rows == 0 || m <= 0) continue;  // T = 0: dR stays zero
+    gemm(true, false, m, DH, rows, a.work + n * GBD + r0, NH * GBD, a.hist + n * DH, N, T(0),
+         dRp.data() + (n * GD + r0) * DH, DH);
   }
 #pragma omp parallel for schedule(static)
   for (int64_t gn = 0; gn < G * NH; ++gn) {

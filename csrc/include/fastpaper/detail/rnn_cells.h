@@ -33,6 +33,7 @@
 #pragma once
 
 #include <cmath>
+#include <math.h>
 #include <cstdint>
 
 #include "fastpaper/detail/float_convert.h"
@@ -66,19 +67,46 @@ template <> struct Io<bf16_t> {
   static FP_HD bf16_t store(float v) { return {fastpaper::detail::float_to_bf16(v)}; }
 };
 
-// exp / tanh / log1p for float and double on host and device (CUDA overloads the global ones).
+// exp and tanh: CUDA's functions on the device; on the host the float versions are branch-free
+// polynomials (so that the CPU loops over units vectorize; within 2 ulp of expf), double uses libm.
+// Host expf clamps its argument to [-87.3, 88.3] (results below 1e-38 or above 2e38 saturate).
+FP_HD float exp_poly(float x) {
+  x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+  const float fx = floorf(x * 1.44269504088896341f + 0.5f);  // n = round(x / ln 2)
+  float r = x - fx * 0.693359375f;                                 // Cody-Waite: ln 2 = hi + lo
+  r = r - fx * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const uint32_t e = static_cast<uint32_t>(static_cast<int32_t>(fx) + 127) << 23;  // 2^n
+  return y * fastpaper::detail::bits_float(e);
+}
 template <typename T> FP_HD T fexp(T x) {
 #if defined(__CUDA_ARCH__)
   return ::exp(x);
 #else
-  return std::exp(x);
+  if constexpr (sizeof(T) == 4) {
+    return exp_poly(x);
+  } else {
+    return std::exp(x);
+  }
 #endif
 }
 template <typename T> FP_HD T ftanh(T x) {
 #if defined(__CUDA_ARCH__)
   return ::tanh(x);
 #else
-  return std::tanh(x);
+  if constexpr (sizeof(T) == 4) {
+    const T t = exp_poly(-2 * (x < 0 ? -x : x));  // tanh |x| = (1 - e^{-2|x|}) / (1 + e^{-2|x|})
+    const T a = (1 - t) / (1 + t);
+    return x < 0 ? -a : a;
+  } else {
+    return std::tanh(x);
+  }
 #endif
 }
 template <typename T> FP_HD T flog1p(T x) {
