@@ -136,7 +136,8 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
   const int64_t panels = P[0].panels;
   // one parallel region for the whole sequence: two work-shared loops (with their barriers) per
   // step instead of a fork/join per step
-#pragma omp parallel if (B * NH * GD * DH > (1 << 15))
+// below ~1 MFLOP per step the two barriers per step cost more than the second thread saves
+#pragma omp parallel if (B * NH * GD * DH >= (1 << 19))
   for (int64_t t = 0; t < Tn; ++t) {
     const T* h = state(0, t);
 #pragma omp for schedule(static)
@@ -229,7 +230,8 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
   for (int64_t i = 0; i < NS * BN; ++i) dS[i] = a.dlast ? Io<S>::load(a.dlast[i]) : T(0);
   const int64_t panels = P[0].panels;
   auto hist = [&](int s, int64_t t) { return a.hist + (s * (Tn + 1) + t) * BN; };
-#pragma omp parallel if (B * NH * GD * DH > (1 << 15))
+// below ~1 MFLOP per step the two barriers per step cost more than the second thread saves
+#pragma omp parallel if (B * NH * GD * DH >= (1 << 19))
   for (int64_t t = Tn - 1; t >= 0; --t) {
     T* work_t = a.work + t * B * NH * GBD;
 #pragma omp for schedule(static)
