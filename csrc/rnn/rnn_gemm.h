@@ -2,7 +2,7 @@
 // once per call into panels of kNR columns ([panel][K][kNR], zero-padded), the layout the
 // micro-kernel streams. Why not OpenBLAS here: it repacks B on every call, and per time step B is
 // the whole recurrent matrix (up to MBs) while M is only the batch (the packing then dominates).
-// The micro-kernel keeps an MR x kNR block of C in registers (MR = 4: 8 AVX2 registers) and runs
+// The micro-kernel keeps an MR x kNR block of C in registers (MR = 6: 12 AVX2 registers) and runs
 // K rank-1 updates. Two builds: float with AVX2+FMA intrinsics (chosen at run time when the CPU has
 // them) and a portable one (double, other CPUs).
 #pragma once
@@ -88,16 +88,16 @@ FP_RNN_MICRO(micro_generic, , FP_RNN_MULADD)
 #undef FP_RNN_MICRO
 
 #if FP_RNN_HAVE_AVX2
-// float on AVX2 + FMA: the MR x 16 block of C lives in 2 * MR ymm registers.
+// float on AVX2 + FMA: the MR x 16 block of C lives in 2 * MR ymm registers (MR <= 6).
 template <int MR>
 FP_RNN_AVX2 inline void micro_avx2(const float* A, int64_t lda, const float* Bp, int64_t K,
                                    float* C, int64_t ldc, int ncols, bool accumulate) {
   __m256 c0[MR], c1[MR];
-#pragma GCC unroll 4
+#pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
   for (int64_t k = 0; k < K; ++k) {
     const __m256 b0 = _mm256_loadu_ps(Bp + k * kNR), b1 = _mm256_loadu_ps(Bp + k * kNR + 8);
-#pragma GCC unroll 4
+#pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
       const __m256 a = _mm256_broadcast_ss(A + i * lda + k);
       c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
@@ -130,8 +130,11 @@ FP_RNN_AVX2 inline void micro_avx2_rows(const float* A, int64_t lda, int64_t M,
     const int nc = static_cast<int>(std::min<int64_t>(kNR, P.N - p * kNR));
     float* Cp = C + p * kNR;
     int64_t i = 0;
-    for (; i + 4 <= M; i += 4) micro_avx2<4>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate);
+    // 6 x 16 blocks (12 accumulators, 6 broadcasts + 2 loads per 12 FMAs), then the rest
+    for (; i + 6 <= M; i += 6) micro_avx2<6>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate);
     switch (M - i) {
+      case 5: micro_avx2<5>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;
+      case 4: micro_avx2<4>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;
       case 3: micro_avx2<3>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;
       case 2: micro_avx2<2>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;
       case 1: micro_avx2<1>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;
