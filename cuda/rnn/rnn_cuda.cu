@@ -12,9 +12,10 @@
 //   recurrent product sees h rounded to bf16/fp16; the carried states stay fp32).
 // * fwd_step (any DH; the fallback): one launch per time step, a thread per (b, n, j) computing
 //   its G dot products over k from global memory (L2-resident R) and the cell.
-// Backward (reverse time, one launch per step, a thread per (b, n, k)): dh_t gets
-// sum_{g,j} dpre_{t+1}[g, j] R[g, n, j, k] (the R^T product), then the pointwise backward writes
-// dpre_t (the work buffer) and the state gradients. Afterwards dR = per head dpre^T h_prev over
+// Backward, reverse time, two paths like the forward: bwd_persistent (R_n fits in shared memory:
+// a CTA per (head, batch tile) for all steps) and bwd_step (one launch per step, a thread per
+// (b, n, k)). Both: dh_t gets sum_{g,j} dpre_{t+1}[g, j] R[g, n, j, k] (the R^T product), then the
+// pointwise backward writes dpre_t (the work buffer) and the state gradients. Afterwards dR = per head dpre^T h_prev over
 // all B*T rows (tiled shared-memory GEMM, fixed summation order), db by a per-(gate, unit)
 // sequential sum and dWx by a gather: deterministic, no atomics.
 // State buffers the API does not provide (no hist; backward's dS) are stream-ordered
@@ -256,6 +257,97 @@ bwd_step(BwdArgs<S, float> a, Shape sh, int64_t t, float* dS) {
   for (int g = 0; g < GB; ++g) wt[g * DH] = dpre[g];
 }
 
+// Backward, persistent: one CTA per (head, tile of 16 batch rows) walks time in reverse with R_n
+// (storage type), the tile's state gradients and the previous step's d pre (fp32) in shared
+// memory. Per step: (1) dh += d pre_{t+1} R_n (a thread per (row, k): G*DH FMAs from shared
+// memory); (2) the pointwise backward (a thread per unit), which writes d pre_t to `work` (for
+// dR, db, dWx afterwards) and to shared memory for the next (earlier) step.
+template <typename S, int NS>
+struct BwdLayout {
+  int64_t r_bytes, w_bytes, st_bytes;
+  __host__ __device__ BwdLayout(int64_t G, int64_t DH) {
+    r_bytes = align_up(G * DH * DH * static_cast<int64_t>(sizeof(S)), 128);
+    w_bytes = align_up(kTile * G * DH * 4, 128);
+    st_bytes = NS * kTile * DH * 4;
+  }
+  __host__ __device__ int64_t total() const { return r_bytes + w_bytes + st_bytes; }
+};
+
+template <typename S, typename C>
+__global__ void __launch_bounds__(kThreads)
+bwd_persistent(BwdArgs<S, float> a, Shape sh) {
+  constexpr int G = C::G, GB = C::GB, NS = C::S;
+  const int64_t DH = sh.head_dim, NH = sh.heads, B = sh.batch, Tn = sh.time;
+  const int64_t N = NH * DH, BN = B * N, GD = G * DH, GBD = GB * DH;
+  const int64_t n = blockIdx.x, b0 = static_cast<int64_t>(blockIdx.y) * kTile;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const BwdLayout<S, NS> L(G, DH);
+  S* sR = reinterpret_cast<S*>(smem);                                  // [G*DH][DH]
+  float* sW = reinterpret_cast<float*>(smem + L.r_bytes);              // [kTile][G*DH]
+  float* sD = reinterpret_cast<float*>(smem + L.r_bytes + L.w_bytes);  // [NS][kTile][DH]
+  const int tid = threadIdx.x;
+  for (int64_t i = tid; i < GD * DH; i += kThreads) {
+    const int64_t c = i / DH, k = i % DH;
+    sR[i] = a.R[(((c / DH) * NH + n) * DH + c % DH) * DH + k];
+  }
+  for (int64_t i = tid; i < kTile * GD; i += kThreads) sW[i] = 0.f;
+  for (int64_t i = tid; i < kTile * DH; i += kThreads) {
+    const int64_t bb = i / DH, j = i % DH, b = b0 + bb;
+    for (int s = 0; s < NS; ++s) {
+      sD[(s * kTile + bb) * DH + j] =
+          (b < B && a.dlast) ? Io<S>::load(a.dlast[s * BN + b * N + n * DH + j]) : 0.f;
+    }
+  }
+  for (int64_t t = Tn - 1; t >= -1; --t) {
+    __syncthreads();
+    // (1) dh_t += sum_c d pre_{t+1}[c] R_n[c][k]  (sW is zero before the last step)
+    for (int64_t i = tid; i < kTile * DH; i += kThreads) {
+      const int64_t bb = i / DH, k = i % DH;
+      const float* w = sW + bb * GD;
+      float acc = 0.f;
+      for (int64_t c = 0; c < GD; ++c) acc = fmaf(w[c], Io<S>::load(sR[c * DH + k]), acc);
+      sD[bb * DH + k] += acc;
+    }
+    if (t < 0) break;  // uniform across the CTA
+    __syncthreads();
+    // (2) the pointwise backward of step t
+    for (int64_t i = tid; i < kTile * DH; i += kThreads) {
+      const int64_t bb = i / DH, k = i % DH, b = b0 + bb;
+      if (b >= B) continue;
+      const int64_t unit = b * N + n * DH + k;
+      float* wt = a.work + ((t * B + b) * NH + n) * GBD + k;
+      const bool active = a.lengths == nullptr || t < a.lengths[b];
+      if (!active) {
+        for (int g = 0; g < GB; ++g) wt[g * DH] = 0.f;
+        for (int g = 0; g < G; ++g) sW[bb * GD + g * DH + k] = 0.f;
+        continue;
+      }
+      float pre[GB], prev[NS], dnext[NS], dprev[NS], dpre[GB];
+      const float* cp = a.cache + ((t * B + b) * NH + n) * GBD + k;
+      for (int g = 0; g < GB; ++g) pre[g] = cp[g * DH];
+      for (int s = 0; s < NS; ++s) {
+        prev[s] = a.hist[(s * (Tn + 1) + t) * BN + unit];
+        dnext[s] = sD[(s * kTile + bb) * DH + k];
+      }
+      if (a.dh_all) dnext[0] += Io<S>::load(a.dh_all[(b * Tn + t) * N + n * DH + k]);
+      C::backward(pre, prev, dnext, dprev, dpre);
+      for (int s = 0; s < NS; ++s) sD[(s * kTile + bb) * DH + k] = dprev[s];
+      for (int g = 0; g < GB; ++g) wt[g * DH] = dpre[g];
+      for (int g = 0; g < G; ++g) sW[bb * GD + g * DH + k] = dpre[g];
+    }
+  }
+  __syncthreads();
+  if (a.dstates0) {
+    for (int64_t i = tid; i < kTile * DH; i += kThreads) {
+      const int64_t bb = i / DH, j = i % DH, b = b0 + bb;
+      if (b >= B) continue;
+      for (int s = 0; s < NS; ++s) {
+        a.dstates0[s * BN + b * N + n * DH + j] = Io<S>::store(sD[(s * kTile + bb) * DH + j]);
+      }
+    }
+  }
+}
+
 // dR[g, n, j, k] = sum_r dpre[r, n, g*DH + j] h_prev[r, n, k] over the rows r = (t, b): a 16 x 16
 // output tile per CTA (grid: G*DH/16 x DH/16 x NH), rows in chunks of 16 through shared memory.
 template <typename S>
@@ -367,19 +459,33 @@ Status backward_cell(const BwdArgs<S, float>& a, const Shape& sh, cudaStream_t s
   constexpr int G = C::G, GB = C::GB, NS = C::S;
   const int64_t B = sh.batch, Tn = sh.time, NH = sh.heads, DH = sh.head_dim;
   const int64_t BN = B * NH * DH, rows = Tn * B;
+  int dev = 0, optin = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  const BwdLayout<S, NS> L(G, DH);
+  const int64_t tiles = (B + kTile - 1) / kTile;
   float* dS = nullptr;
-  if (Status s = device_alloc(&dS, NS * BN, st); s != Status::ok) return s;
-  load_states<S><<<blocks_for(BN), kThreads, 0, st>>>(a.dlast, dS, BN, NS, BN);
-  for (int64_t t = Tn - 1; t >= -1; --t) {
-    bwd_step<S, C><<<blocks_for(BN), kThreads, 0, st>>>(a, sh, t, dS);
+  if (L.total() <= optin && tiles < 65536) {
+    const auto kernel = bwd_persistent<S, C>;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(L.total())) != cudaSuccess) {
+      return launched("rnn::backward (shared memory attribute)");
+    }
+    kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(tiles)), kThreads, L.total(), st>>>(a, sh);
+  } else {
+    if (Status s = device_alloc(&dS, NS * BN, st); s != Status::ok) return s;
+    load_states<S><<<blocks_for(BN), kThreads, 0, st>>>(a.dlast, dS, BN, NS, BN);
+    for (int64_t t = Tn - 1; t >= -1; --t) {
+      bwd_step<S, C><<<blocks_for(BN), kThreads, 0, st>>>(a, sh, t, dS);
+    }
+    if (a.dstates0) store_states<S><<<blocks_for(BN), kThreads, 0, st>>>(dS, BN, a.dstates0, NS, BN);
   }
-  if (a.dstates0) store_states<S><<<blocks_for(BN), kThreads, 0, st>>>(dS, BN, a.dstates0, NS, BN);
   const dim3 grid(static_cast<unsigned>((G * DH + 15) / 16), static_cast<unsigned>((DH + 15) / 16),
                   static_cast<unsigned>(NH));
   bwd_dR<S><<<grid, 256, 0, st>>>(a.work, a.hist, a.dR, rows, G, GB, NH, DH);
   bwd_db<S, C><<<blocks_for(GB * NH * DH), kThreads, 0, st>>>(a.work, a.db, rows, NH, DH);
   if (Tn > 0) bwd_dwx<S, C><<<blocks_for(B * Tn * G * NH * DH), kThreads, 0, st>>>(a.work, a.dWx, sh);
-  cudaFreeAsync(dS, st);
+  if (dS) cudaFreeAsync(dS, st);
   return launched("rnn::backward");
 }
 
