@@ -157,6 +157,11 @@ def test_time_zero():
     h, last = rnn.flashrnn(Wx, R, b, st)
     assert h.shape == (2, 0, 1, 4)
     torch.testing.assert_close(last, st, atol=0, rtol=0)
+    # with gradients (the saved buffers of an empty sequence)
+    ins = [t.clone().requires_grad_() for t in (Wx, R, b, st)]
+    h, last = rnn.flashrnn(*ins)
+    last.sum().backward()
+    assert torch.equal(ins[3].grad, torch.ones_like(st)) and not ins[1].grad.any()
 
 
 # ---- nn modules --------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ Status run_forward(const FwdArgs<S, T>& a, const Shape& s, Device device, void* 
       (s.time > 0 && (a.Wx == nullptr || a.h_all == nullptr))) {
     return fail(Status::invalid_argument, "rnn::forward: null data pointer for a non-empty tensor");
   }
-  if ((a.hist == nullptr) != (a.cache == nullptr)) {
+  if (s.time > 0 && (a.hist == nullptr) != (a.cache == nullptr)) {  // T = 0: cache is empty
     return fail(Status::invalid_argument, "rnn::forward: hist and cache are saved together");
   }
   if (device == Device::cuda) return cuda::forward(a, s, stream);
