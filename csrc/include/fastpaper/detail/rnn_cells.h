@@ -87,7 +87,11 @@ FP_HD float exp_poly(float x) {
 }
 template <typename T> FP_HD T fexp(T x) {
 #if defined(__CUDA_ARCH__)
-  return ::exp(x);
+  if constexpr (sizeof(T) == 4) {
+    return ::expf(x);
+  } else {
+    return ::exp(x);
+  }
 #else
   if constexpr (sizeof(T) == 4) {
     return exp_poly(x);
@@ -98,7 +102,11 @@ template <typename T> FP_HD T fexp(T x) {
 }
 template <typename T> FP_HD T ftanh(T x) {
 #if defined(__CUDA_ARCH__)
-  return ::tanh(x);
+  if constexpr (sizeof(T) == 4) {
+    return ::tanhf(x);
+  } else {
+    return ::tanh(x);
+  }
 #else
   if constexpr (sizeof(T) == 4) {
     const T t = exp_poly(-2 * (x < 0 ? -x : x));  // tanh |x| = (1 - e^{-2|x|}) / (1 + e^{-2|x|})
@@ -111,7 +119,11 @@ template <typename T> FP_HD T ftanh(T x) {
 }
 template <typename T> FP_HD T flog1p(T x) {
 #if defined(__CUDA_ARCH__)
-  return ::log1p(x);
+  if constexpr (sizeof(T) == 4) {
+    return ::log1pf(x);
+  } else {
+    return ::log1p(x);
+  }
 #else
   return std::log1p(x);
 #endif
