@@ -16,7 +16,7 @@ __all__ = ["__version__", "bfp", "krylov", "cmake_dir", "include_dir", "info"]
 
 def __getattr__(name: str):
     # Areas are imported on first use so that `import fastpaper` stays cheap and torch-free.
-    if name in ("bfp", "krylov", "pararnn"):
+    if name in ("bfp", "krylov", "pararnn", "rnn"):
         import importlib
 
         return importlib.import_module(f"fastpaper.{name}")
