@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fastpaper import moe_fpga, moe_hls
-from moe_hls_reference import ReferenceMoE, compiled_testbench
+from moe_hls_reference import CSIM, ReferenceMoE, compiled_testbenches
 
 D, H, E, K, TASKS = 16, 24, 5, 2, 2
 
@@ -87,10 +87,11 @@ def test_pack_gates_and_activations():
 def test_unpack_the_csim_output(tmp_path, tmp_path_factory, build):
     """The words the C-simulated design wrote, decoded by the driver, are the layer's output; the
     driver's packing of the torch layer is byte-identical to the files the C-sim read."""
-    layer = ReferenceMoE(D, H, E, K, TASKS, seed=4).double()
+    d, e = CSIM["D"], CSIM["E"]
+    layer = ReferenceMoE(d, CSIM["H"], e, CSIM["K"], CSIM["TASKS"], seed=4).double()
     vec = tmp_path / "vec"
-    m = moe_hls.export_hls(layer, 0, vec, n_tokens=20, max_tokens=32)
-    tb = compiled_testbench(build, moe_hls.params_header(D, H, E, K, 32, TASKS), tmp_path_factory)
+    m = moe_hls.export_hls(layer, 0, vec, n_tokens=20, max_tokens=CSIM["MAX_N"])
+    tb = compiled_testbenches(tmp_path_factory)[build]
     res = moe_hls.run_testbench(tb, vec, dump_dir=tmp_path)
     assert res["returncode"] == 0, res["stdout"]
     ext = "fx" if build == "fixed" else "f32"
@@ -101,8 +102,8 @@ def test_unpack_the_csim_output(tmp_path, tmp_path_factory, build):
     assert graw.tobytes() == (vec / f"gate.{ext}.bin").read_bytes()
     for task in m["tasks"]:
         y = moe_fpga.unpack_activations(
-            np.fromfile(tmp_path / f"task{task}.y_out.{ext}.bin", dtype=np.uint8), 20, D, build)
-        x = np.fromfile(vec / f"task{task}.x.f32.bin", dtype=np.float32).reshape(20, D)
+            np.fromfile(tmp_path / f"task{task}.y_out.{ext}.bin", dtype=np.uint8), 20, d, build)
+        x = np.fromfile(vec / f"task{task}.x.f32.bin", dtype=np.float32).reshape(20, d)
         with torch.no_grad():
             ref = layer(torch.as_tensor(x, dtype=torch.float64)[None], task)[0].numpy()
         tol = moe_hls.TOLERANCES[build]

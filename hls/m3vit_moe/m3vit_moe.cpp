@@ -168,7 +168,8 @@ L_select:
 #else
     ap_ufixed<26, 7> sum = 0;
     for (int e = 0; e < E; ++e) { p[e] = exp_neg(acc_t(mx - lv.l[e])); sum += p[e]; }
-    ap_ufixed<24, 1, AP_RND_CONV> r = ap_ufixed<2, 1>(1) / sum;  // sum >= 1 (the max term is 1)
+    // sum >= 1 (the max term is 1); the quotient keeps the dividend's fraction bits, hence 25
+    ap_ufixed<24, 1, AP_RND_CONV> r = ap_ufixed<26, 1>(1) / sum;
 #endif
     acc_t bl[K];
     exp_id_t be[K];

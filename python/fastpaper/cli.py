@@ -137,7 +137,7 @@ def _cmd_hls_estimate(args: argparse.Namespace) -> int:
         if args.csim:
             with open(args.csim) as f:
                 csim = json.load(f)
-            est = moe_hls.estimate_for_csim(csim, **tiles)
+            est = moe_hls.estimate_for_csim(csim, clock_mhz=args.clock_mhz, layers=args.layers)
         else:
             est = moe_hls.estimate(n_tokens=args.tokens, dim=args.dim, hidden=args.hidden,
                                    experts=args.experts, k=args.k, **tiles)

@@ -503,8 +503,8 @@ def estimate(n_tokens: int = 1201, dim: int = 384, hidden: int = 384, experts: i
     dsp = macs + av * experts + tt * to + 2 * experts + 3 * av
     uram = 2 * 2 * ti * -(-(to * 16) // 72) * -(-(dim * hidden // (ti * to)) // 4096)
     bram = (ti * to * 0  # weight buffers are in URAM
-            + 2 * k * (_bram18(n_tokens, 8) + _bram18(n_tokens, 18))  # tk_idx, tk_score (2 tops)
-            + 2 * (_bram18(n_tokens * k, 16) + _bram18(n_tokens * k, 18))  # q_tok, q_score
+            + k * (_bram18(n_tokens, 8) + _bram18(n_tokens, 18))   # tk_idx, tk_score
+            + _bram18(n_tokens * k, 16) + _bram18(n_tokens * k, 18)  # q_tok, q_score
             + b["GE"] * av * _bram18(dim // av, 16)                # gate
             + tt * ti * (_bram18(dim // ti, 24) + _bram18(hidden // ti, 24))  # x, h tiles
             + tt * to * _bram18(dim // to, 48))                      # z tile
@@ -556,12 +556,13 @@ def format_estimate(est: Dict[str, Any], csim: Optional[Dict[str, Any]] = None) 
               f"{r['BRAM18']}/{a['BRAM18']}; expert buffers {r['onchip_expert_buffer_bytes'] / 1024:.0f}"
               f" KiB on chip (independent of E)"]
     if csim is not None:
-        for t in csim.get("tasks", []):
-            pred = est["reordered"]["weight_bytes_per_layer"]
-            lines.append(f"C-sim ({csim.get('build')}) task {t['task']}: measured weight bytes "
-                         f"{t['weight_bytes']:,} (model {pred:,}), baseline "
-                         f"{t['baseline_weight_bytes']:,} (model "
-                         f"{est['token_by_token']['weight_bytes_per_layer']:,}), ratio "
+        for i, t in enumerate(csim.get("tasks", [])):
+            model = estimate_for_csim(csim, i, clock_mhz=c["clock_mhz"], layers=c["layers"])
+            lines.append(f"C-sim ({csim.get('build')}, N={csim['N']}) task {t['task']}: weight bytes "
+                         f"measured {t['weight_bytes']:,} / model "
+                         f"{model['reordered']['weight_bytes_per_layer']:,}; baseline measured "
+                         f"{t['baseline_weight_bytes']:,} / model "
+                         f"{model['token_by_token']['weight_bytes_per_layer']:,}; ratio "
                          f"{t['traffic_ratio']:.1f}x; each active expert read once: "
                          f"{'yes' if t['each_active_expert_read_once'] else 'NO'}; rel RMS error "
                          f"{t['rel_rms_error']:.2e}")
