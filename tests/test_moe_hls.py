@@ -243,20 +243,68 @@ class _ToyModel(torch.nn.Module):
         self.moe_layers = torch.nn.ModuleList([_layer("multi-gate", 0), _layer("task-embedding", 1)])
 
 
-def test_bundle_end_to_end(tmp_path):
+def test_bundle_of_a_loaded_model(tmp_path):
     out = tmp_path / "bundle"
     m = moe_hls.bundle("toy.ckpt", out, model=_ToyModel(), n_tokens=24, max_tokens=MAX_N)
     for name in moe_hls.SOURCES + ("m3vit_moe_params.h", "manifest.json"):
         assert (out / name).is_file(), name
     assert m["hardware"]["MAX_N"] == MAX_N and m["task_names"] == ["semseg", "depth", "normals"]
     assert [entry["dir"] for entry in m["layers"]] == ["vectors/layer0", "vectors/layer1"]
+    assert [entry["router"] for entry in m["layers"]] == ["multi-gate", "task-embedding"]
     for name, meta in m["files"].items():
         assert moe_hls._sha256(out / name) == meta["sha256"], name
     tcl = (out / "run_hls.tcl").read_text()
     assert "xczu7ev-ffvc1156-2-e" in tcl and "csim_design" in tcl and "export_design" in tcl
-    # the bundle's own sources and params header, compiled as Vitis csim would
+    assert "cosim_design" in tcl and "csynth_design" in tcl
+
+
+# ---- the real layer and model (fastpaper.moe, fastpaper.models.M3ViT) -------------------------
+@pytest.mark.parametrize("router", ["multi-gate", "task-embedding"])
+def test_fastpaper_moe_layer_csim(testbenches, tmp_path, router):
+    from fastpaper import moe
+
+    torch.manual_seed(7)
+    layer = moe.MoE(D, H, E, K, num_tasks=TASKS, router=router, task_embed_dim=8).eval()
+    m = moe.export_hls(layer, 0, tmp_path, n_tokens=N, max_tokens=MAX_N, tasks=[0, 2])
+    assert m["router"] == router
+    res = moe_hls.run_testbench(testbenches["fixed"], tmp_path)
+    assert res["returncode"] == 0 and res["pass"], res["stdout"]
+    assert all(t["each_active_expert_read_once"] for t in res["tasks"])
+    assert moe.fpga is moe_fpga
+
+
+def test_bundle_cli_from_an_m3vit_checkpoint(tmp_path):
+    """`fastpaper hls bundle --model CKPT --out DIR` -> the bundle's own sources compiled with g++
+    -> its testbench passes on every MoE layer's vectors (the layer's real inputs)."""
+    from fastpaper.models import M3ViT
+
+    torch.manual_seed(0)
+    model = M3ViT(img_size=(32, 48), patch_size=8, dim=32, depth=4, heads=2, mlp_ratio=2.0,
+                  num_experts=6, k=2, expert_hidden=48, decoder_channels=[8, 8, 8],
+                  tasks=["semseg", "depth", "normals"])
+    ckpt = tmp_path / "m3vit.pt"
+    model.save_checkpoint(ckpt)
+    out = tmp_path / "bundle"
+    assert cli.main(["hls", "bundle", "--model", str(ckpt), "--out", str(out),
+                     "--tokens", "20"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["hardware"]["MAX_N"] == 4 * 6 + 1 and m["moe_layers"] == len(model.moe_layers) == 2
+    assert m["task_names"] == ["semseg", "depth", "normals"]
+    assert m["inputs"].startswith("procedural scene")
+    for name, meta in m["files"].items():
+        assert moe_hls._sha256(out / name) == meta["sha256"], name
     tb = moe_hls.compile_testbench(tmp_path / "tb", source_dir=out, opt="-Og")
-    for layer in (0, 1):
+    for layer in range(2):
         res = moe_hls.run_testbench(tb, out / "vectors" / f"layer{layer}")
         assert res["returncode"] == 0 and res["pass"], res["stdout"]
-        assert res["N"] == 24 and len(res["tasks"]) == 3
+        assert res["N"] == 20 and [t["task"] for t in res["tasks"]] == [0, 1, 2]
+    # the vectors are the model's own activations: layer 1's input depends on the task
+    x0 = np.fromfile(out / "vectors/layer1/task0.x.f32.bin", dtype=np.float32)
+    x1 = np.fromfile(out / "vectors/layer1/task1.x.f32.bin", dtype=np.float32)
+    assert x0.shape == x1.shape == (20 * 32,) and not np.array_equal(x0, x1)
+
+
+def test_bundle_cli_bad_checkpoint(tmp_path, capsys):
+    assert cli.main(["hls", "bundle", "--model", str(tmp_path / "missing.pt"), "--out",
+                     str(tmp_path / "b")]) == 2
+    assert "fastpaper hls bundle" in capsys.readouterr().err

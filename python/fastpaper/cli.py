@@ -192,7 +192,8 @@ def _add_hls(sub) -> None:
     b.add_argument("--model", required=True, metavar="CKPT", help="M3ViT checkpoint")
     b.add_argument("--out", required=True, metavar="DIR")
     b.add_argument("--tokens", type=int, default=64, help="tokens in the test vectors")
-    b.add_argument("--max-tokens", type=int, default=1201, help="MAX_N of the design")
+    b.add_argument("--max-tokens", type=int, default=None,
+                   help="MAX_N of the design (default: the model's tokens per image)")
     b.add_argument("--layer", type=int, action="append", help="MoE layer (repeatable; default all)")
     b.add_argument("--task", type=int, action="append", help="task id (repeatable; default all)")
     b.add_argument("--seed", type=int, default=0)
