@@ -108,6 +108,7 @@ def test_csim_matches_torch_and_reads_each_expert_once(testbenches, exported, tm
         # the proof: one read per active expert, none for an inactive one
         assert t["expert_loads"] == [int(r > 0) for r in routed]
         assert t["weight_bytes"] == t["active_experts"] * block
+        assert t["tiles"] == sum(-(-int(r) // 8) for r in routed)  # TT-token tiles per expert
         assert t["baseline_run"] and t["baseline_weight_bytes"] == N * K * block
         assert t["traffic_ratio"] == pytest.approx(N * K / t["active_experts"])
         if build == "fixed":
@@ -181,9 +182,11 @@ def test_estimate_arithmetic():
     front = (gate_beats + 2) + (10 * row + 2) + 10 * row + (4 + 2 * 10 * 2)  # 19+42+40+44 = 145
     load = expert_beats + 4 * 2                     # 76
     tile = lambda nt: 8 * row + 2 * (2 + 2) + 2 * (2 + 2) + 2 * nt * row  # noqa: E731
-    compute = {9: tile(8) + tile(1), 6: tile(6), 5: tile(5)}  # 168, 96, 88
+    # tiles stream through gather (32) -> fc1 (8) -> fc2 (8) -> scatter (8 nt): after the first
+    # tile, each further tile adds its slowest stage
+    compute = {9: tile(8) + max(32, 8, 8, 8 * 1), 6: tile(6), 5: tile(5)}  # 144, 96, 88
     reordered = front + load + max(compute[9], load) + max(compute[6], load) + compute[5]
-    assert est["reordered"]["cycles_per_layer"] == reordered == 145 + 76 + 168 + 96 + 88
+    assert est["reordered"]["cycles_per_layer"] == reordered == 145 + 76 + 144 + 96 + 88
     assert est["token_by_token"]["cycles_per_layer"] == front + 20 * (load + tile(1))
     assert est["reordered"]["ms_per_layer"] == pytest.approx(reordered / 1e5)
     assert est["reordered"]["ms_per_image"] == pytest.approx(3 * reordered / 1e5)
@@ -215,11 +218,13 @@ def test_estimate_vit_s_defaults():
 
 def test_estimate_predicts_the_csim_traffic(testbenches, exported, tmp_path, capsys):
     path, _ = exported["multi-gate"]
-    res = moe_hls.run_testbench(testbenches["fixed"], path, out_json=tmp_path / "r.json")
-    for i, t in enumerate(res["tasks"]):
-        est = moe_hls.estimate_for_csim(res, i)
-        assert est["reordered"]["weight_bytes_per_layer"] == t["weight_bytes"]
-        assert est["token_by_token"]["weight_bytes_per_layer"] == t["baseline_weight_bytes"]
+    for build in ("float", "fixed"):
+        res = moe_hls.run_testbench(testbenches[build], path, out_json=tmp_path / "r.json")
+        for i, t in enumerate(res["tasks"]):
+            est = moe_hls.estimate_for_csim(res, i)
+            assert est["reordered"]["weight_bytes_per_layer"] == t["weight_bytes"]
+            assert est["token_by_token"]["weight_bytes_per_layer"] == t["baseline_weight_bytes"]
+            assert est["active_experts"] == t["active_experts"]
     assert cli.main(["hls", "estimate", "--csim", str(tmp_path / "r.json")]) == 0
     out = capsys.readouterr().out
     assert "weight bytes measured" in out and "token-by-token" in out

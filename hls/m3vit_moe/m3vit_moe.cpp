@@ -6,7 +6,8 @@
 //   2. queues: counting sort of the N*K routings by expert (begin offsets [E+1], token indices and
 //      scores [MAX_N*K]) and the list of active experts;
 //   3. for each active expert a: DATAFLOW { load expert a+1 into buffer (a+1)%2 | compute expert a
-//      from buffer a%2 on its queued tokens, TT tokens at a time, y[t] += score * expert(x[t]) }.
+//      from buffer a%2 on its queued tokens, TT tokens per tile, y[t] += score * expert(x[t]) },
+//      the tiles themselves streaming through DATAFLOW { gather -> fc1 -> fc2 -> scatter }.
 // On-chip memory: two expert buffers (2 x (2DH + D + H) weights), the queues (N*K) and the gate of
 // one task (D*E); only the gate and O(E) counters grow with E.
 #include "m3vit_moe.h"
@@ -282,88 +283,116 @@ L_b2:
   M3VIT_SIM(g_sim.expert_loads[e]++; g_sim.weight_bytes += EXPERT_BYTES);
 }
 
-// Queue entries [begin, begin + count) of expert e, TT tokens per pass through the MAC array:
-// gather x rows, h = GELU(x W1 + b1), z = h W2 + b2, y[t] += score * z (read-modify-write).
-// Every product score * z is rounded to the io format before the (exact) fixed-point add, so y
-// does not depend on the order in which experts are processed.
+// ---- one tile of TT queued tokens through the MAC array: gather -> fc1 -> fc2 -> scatter -------
+static void gather_tile(const abeat_t* x, const tok_t q_tok[MAX_N * K],
+                        const prob_t q_score[MAX_N * K], int first, int nt, act_t xt[TT][D],
+                        tok_t tok[TT], prob_t sc[TT]) {
+  for (int tt = 0; tt < TT; ++tt) {
+    tok[tt] = tt < nt ? q_tok[first + tt] : tok_t(0);
+    sc[tt] = tt < nt ? q_score[first + tt] : prob_t(0);
+  }
+L_gather:
+  for (int tt = 0; tt < TT; ++tt) {
+    for (int r = 0; r < ROW_BEATS; ++r) {
+#pragma HLS PIPELINE II = 1
+      abeat_t b = tt < nt ? x[tok[tt] * ROW_BEATS + r] : abeat_t(0);
+      for (int a = 0; a < AV; ++a) xt[tt][r * AV + a] = act_t(word_to_io(word<IOBITS>(b, a)));
+    }
+  }
+  M3VIT_SIM(g_sim.act_read_bytes += (uint64_t)nt * D * 4);
+}
+
+// h = GELU(x W1 + b1): TT x TI x TO MACs per cycle, accumulators start from the bias.
+static void fc1_tile(const act_t xt[TT][D], const w1_buf w1, const bias_t b1[H], act_t ht[TT][H]) {
+L_fc1:
+  for (int c = 0; c < H / TO; ++c) {
+    acc_t acc[TT][TO];
+#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 0
+    for (int di = 0; di < D / TI; ++di) {
+#pragma HLS PIPELINE II = 1
+      for (int tt = 0; tt < TT; ++tt)
+        for (int o = 0; o < TO; ++o) {
+          acc_t s = di == 0 ? acc_t(b1[c * TO + o]) : acc[tt][o];
+          for (int i = 0; i < TI; ++i) s += xt[tt][di * TI + i] * w1[di][c][i][o];
+          acc[tt][o] = s;
+        }
+    }
+    for (int tt = 0; tt < TT; ++tt)
+      for (int o = 0; o < TO; ++o) ht[tt][c * TO + o] = gelu(acc[tt][o]);
+  }
+}
+
+// z = h W2 + b2.
+static void fc2_tile(const act_t ht[TT][H], const w2_buf w2, const bias_t b2[D], acc_t zt[TT][D]) {
+L_fc2:
+  for (int c = 0; c < D / TO; ++c) {
+    acc_t acc[TT][TO];
+#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 0
+    for (int hi = 0; hi < H / TI; ++hi) {
+#pragma HLS PIPELINE II = 1
+      for (int tt = 0; tt < TT; ++tt)
+        for (int o = 0; o < TO; ++o) {
+          acc_t s = hi == 0 ? acc_t(b2[c * TO + o]) : acc[tt][o];
+          for (int i = 0; i < TI; ++i) s += ht[tt][hi * TI + i] * w2[hi][c][i][o];
+          acc[tt][o] = s;
+        }
+    }
+    for (int tt = 0; tt < TT; ++tt)
+      for (int o = 0; o < TO; ++o) zt[tt][c * TO + o] = acc[tt][o];
+  }
+}
+
+// y[t] += score * z (read-modify-write). Each product is rounded to the io format before the
+// (exact) fixed-point add, so y does not depend on the order in which experts are processed.
+static void scatter_tile(abeat_t* y, const tok_t tok[TT], const prob_t sc[TT], int nt,
+                         const acc_t zt[TT][D]) {
+L_scatter:
+  for (int tt = 0; tt < nt; ++tt) {
+    for (int r = 0; r < ROW_BEATS; ++r) {
+#pragma HLS PIPELINE II = 2
+      const int addr = tok[tt] * ROW_BEATS + r;
+      abeat_t b = y[addr];
+      abeat_t out;
+      for (int a = 0; a < AV; ++a) {
+        io_t v = word_to_io(word<IOBITS>(b, a)) + io_t(sc[tt] * zt[tt][r * AV + a]);
+        out.range(IOBITS * a + IOBITS - 1, IOBITS * a) = io_to_word(v);
+      }
+      y[addr] = out;
+    }
+  }
+  M3VIT_SIM(g_sim.tiles++; g_sim.act_read_bytes += (uint64_t)nt * D * 4;
+            g_sim.act_write_bytes += (uint64_t)nt * D * 4);
+}
+
+// Queue entries [begin, begin + count) of expert e, TT tokens per tile. The four stages of a tile
+// form a DATAFLOW region inside the tile loop: with ping-pong (PIPO) tile buffers, tile i+1 is
+// gathered while tile i is in fc1, and so on, so a tile costs max(stage) once the pipe is full.
+// A token occurs at most once in an expert's queue, so overlapping tiles never touch the same y row.
 static void compute_expert(const abeat_t* x, abeat_t* y, int e, int begin, int count,
                            const tok_t q_tok[MAX_N * K], const prob_t q_score[MAX_N * K],
                            const w1_buf w1, const bias_t b1[H], const w2_buf w2,
                            const bias_t b2[D]) {
   if (e < 0) return;
-  act_t xt[TT][D], ht[TT][H];
-  acc_t zt[TT][D];
-  tok_t tok[TT];
-  prob_t sc[TT];
+L_tiles:
+  for (int t0 = 0; t0 < count; t0 += TT) {
+#pragma HLS DATAFLOW
+    const int nt = count - t0 < TT ? count - t0 : TT;
+    act_t xt[TT][D], ht[TT][H];
+    acc_t zt[TT][D];
+    tok_t tok[TT];
+    prob_t sc[TT];
 #pragma HLS ARRAY_PARTITION variable = xt dim = 1 type = complete
 #pragma HLS ARRAY_PARTITION variable = ht dim = 1 type = complete
 #pragma HLS ARRAY_PARTITION variable = zt dim = 1 type = complete
-  M3VIT_PRAGMA(HLS ARRAY_PARTITION variable = xt dim = 2 type = cyclic factor = M3VIT_TI)
-  M3VIT_PRAGMA(HLS ARRAY_PARTITION variable = ht dim = 2 type = cyclic factor = M3VIT_TI)
-  M3VIT_PRAGMA(HLS ARRAY_PARTITION variable = zt dim = 2 type = cyclic factor = M3VIT_TO)
-L_tiles:
-  for (int t0 = 0; t0 < count; t0 += TT) {
-    const int nt = count - t0 < TT ? count - t0 : TT;
-    for (int tt = 0; tt < TT; ++tt) {
-      tok[tt] = tt < nt ? q_tok[begin + t0 + tt] : tok_t(0);
-      sc[tt] = tt < nt ? q_score[begin + t0 + tt] : prob_t(0);
-    }
-  L_gather:
-    for (int tt = 0; tt < TT; ++tt) {
-      for (int r = 0; r < ROW_BEATS; ++r) {
-#pragma HLS PIPELINE II = 1
-        abeat_t b = tt < nt ? x[tok[tt] * ROW_BEATS + r] : abeat_t(0);
-        for (int a = 0; a < AV; ++a) xt[tt][r * AV + a] = act_t(word_to_io(word<IOBITS>(b, a)));
-      }
-    }
-  L_fc1:
-    for (int c = 0; c < H / TO; ++c) {
-      acc_t acc[TT][TO];
-#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 0
-      for (int di = 0; di < D / TI; ++di) {
-#pragma HLS PIPELINE II = 1
-        for (int tt = 0; tt < TT; ++tt)
-          for (int o = 0; o < TO; ++o) {
-            acc_t s = di == 0 ? acc_t(b1[c * TO + o]) : acc[tt][o];
-            for (int i = 0; i < TI; ++i) s += xt[tt][di * TI + i] * w1[di][c][i][o];
-            acc[tt][o] = s;
-          }
-      }
-      for (int tt = 0; tt < TT; ++tt)
-        for (int o = 0; o < TO; ++o) ht[tt][c * TO + o] = gelu(acc[tt][o]);
-    }
-  L_fc2:
-    for (int c = 0; c < D / TO; ++c) {
-      acc_t acc[TT][TO];
-#pragma HLS ARRAY_PARTITION variable = acc type = complete dim = 0
-      for (int hi = 0; hi < H / TI; ++hi) {
-#pragma HLS PIPELINE II = 1
-        for (int tt = 0; tt < TT; ++tt)
-          for (int o = 0; o < TO; ++o) {
-            acc_t s = hi == 0 ? acc_t(b2[c * TO + o]) : acc[tt][o];
-            for (int i = 0; i < TI; ++i) s += ht[tt][hi * TI + i] * w2[hi][c][i][o];
-            acc[tt][o] = s;
-          }
-      }
-      for (int tt = 0; tt < TT; ++tt)
-        for (int o = 0; o < TO; ++o) zt[tt][c * TO + o] = acc[tt][o];
-    }
-  L_scatter:
-    for (int tt = 0; tt < nt; ++tt) {
-      for (int r = 0; r < ROW_BEATS; ++r) {
-#pragma HLS PIPELINE II = 2
-        const int addr = tok[tt] * ROW_BEATS + r;
-        abeat_t b = y[addr];
-        abeat_t out;
-        for (int a = 0; a < AV; ++a) {
-          io_t v = word_to_io(word<IOBITS>(b, a)) + io_t(sc[tt] * zt[tt][r * AV + a]);
-          out.range(IOBITS * a + IOBITS - 1, IOBITS * a) = io_to_word(v);
-        }
-        y[addr] = out;
-      }
-    }
-    M3VIT_SIM(g_sim.tiles++; g_sim.act_read_bytes += (uint64_t)nt * D * 4 * 2;
-              g_sim.act_write_bytes += (uint64_t)nt * D * 4);
+#pragma HLS ARRAY_PARTITION variable = tok type = complete
+#pragma HLS ARRAY_PARTITION variable = sc type = complete
+    M3VIT_PRAGMA(HLS ARRAY_PARTITION variable = xt dim = 2 type = cyclic factor = M3VIT_TI)
+    M3VIT_PRAGMA(HLS ARRAY_PARTITION variable = ht dim = 2 type = cyclic factor = M3VIT_TI)
+    M3VIT_PRAGMA(HLS ARRAY_PARTITION variable = zt dim = 2 type = cyclic factor = M3VIT_TO)
+    gather_tile(x, q_tok, q_score, begin + t0, nt, xt, tok, sc);
+    fc1_tile(xt, w1, b1, ht);
+    fc2_tile(ht, w2, b2, zt);
+    scatter_tile(y, tok, sc, nt, zt);
   }
 }
 

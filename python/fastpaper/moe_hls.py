@@ -484,7 +484,7 @@ def _balanced(total: int, parts: int):
 def estimate(n_tokens: int = 1201, dim: int = 384, hidden: int = 384, experts: int = 16,
              k: int = 4, layers: int = 6, clock_mhz: float = 200.0, tt: int = 8, ti: int = 8,
              to: int = WEIGHT_BEAT_WORDS, av: int = IO_BEAT_WORDS, depth: int = 12,
-             counts: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+             counts: Optional[Sequence[int]] = None, weight_bits: int = 16) -> Dict[str, Any]:
     """Cycles, DRAM weight traffic and resources of the design, from its loop trip counts and
     initiation intervals (a model of the source, not a synthesis report).
 
@@ -492,11 +492,14 @@ def estimate(n_tokens: int = 1201, dim: int = 384, hidden: int = 384, experts: i
       gate load ``GATE_BEATS``; gating dataflow ``N * D/AV`` (one 128-bit beat per cycle);
       zero y ``N * D/AV``; queue fill ``E + 2 N k`` (II = 2);
       expert load ``EXPERT_BEATS + 4 depth`` (one beat = TO weights per cycle);
-      tile of TT tokens (nt valid): gather ``TT D/AV``, fc1 ``H/TO (D/TI + depth)``,
-      fc2 ``D/TO (H/TI + depth)``, scatter ``2 nt D/AV`` (read-modify-write, II = 2).
+      tile of TT tokens (nt valid), four DATAFLOW stages: gather ``TT D/AV``,
+      fc1 ``H/TO (D/TI + depth)``, fc2 ``D/TO (H/TI + depth)``, scatter ``2 nt D/AV``
+      (read-modify-write, II = 2); an expert's tiles stream through them, so its compute is the
+      first tile's four stages plus the slowest stage of each further tile.
     Reordered: gate + gating + zero + queues + load(e_0) + sum_a max(compute(e_a), load(e_{a+1})).
     Token-by-token: gate + gating + zero + N k (load + tile(1)).
     ``counts``: tokens per expert (default: the N k routings spread evenly over the E experts).
+    ``weight_bits``: 16 (the fixed-point design); 32 counts the float build's bytes.
     Resources: one DSP48E2 per MAC of the TT x TI x TO array (24 x 16 bit), the gate's AV x E
     MACs, TT x TO GELU and 2E softmax multipliers, 3 AV for the 18 x 48-bit scatter products;
     weight buffers in UltraRAM (TI banks of TO x 16-bit words each, 2 buffers x 2 matrices);
@@ -513,13 +516,17 @@ def estimate(n_tokens: int = 1201, dim: int = 384, hidden: int = 384, experts: i
     if len(counts) != experts or sum(counts) != n_tokens * k or min(counts) < 0:
         raise ValueError(f"counts must be {experts} non-negative numbers summing to N*k")
 
-    def tile(nt: int) -> int:
-        return (tt * row + (hidden // to) * (dim // ti + depth) + (dim // to) * (hidden // ti + depth)
-                + 2 * nt * row)
+    def stages(nt: int):
+        return (tt * row, (hidden // to) * (dim // ti + depth), (dim // to) * (hidden // ti + depth),
+                2 * nt * row)
 
-    def compute(n: int) -> int:
+    def tile(nt: int) -> int:  # one tile alone
+        return sum(stages(nt))
+
+    def compute(n: int) -> int:  # an expert's tiles through the dataflow pipe
         full, rest = divmod(n, tt)
-        return full * tile(tt) + (tile(rest) if rest else 0)
+        sizes = [tt] * full + ([rest] if rest else [])
+        return tile(sizes[0]) + sum(max(stages(nt)) for nt in sizes[1:]) if sizes else 0
 
     load = b["expert"] + 4 * depth
     front = (b["gate"] + depth) + (n_tokens * row + depth) + n_tokens * row + (experts + 2 * n_tokens * k)
@@ -528,7 +535,7 @@ def estimate(n_tokens: int = 1201, dim: int = 384, hidden: int = 384, experts: i
     for a, c in enumerate(active):
         reordered += max(compute(c), load if a + 1 < len(active) else 0)
     baseline = front + n_tokens * k * (load + tile(1))
-    expert_bytes = b["expert"] * to * 2
+    expert_bytes = b["expert"] * to * weight_bits // 8
     hz = clock_mhz * 1e6
 
     macs = tt * ti * to
@@ -606,4 +613,4 @@ def estimate_for_csim(csim: Dict[str, Any], task_index: int = 0, **kw) -> Dict[s
     t = csim["tasks"][task_index]
     return estimate(n_tokens=csim["N"], dim=csim["D"], hidden=csim["H"], experts=csim["E"],
                     k=csim["K"], tt=csim["TT"], ti=csim["TI"], to=csim["TO"], counts=t["routed"],
-                    **kw)
+                    weight_bits=32 if csim.get("build") == "float" else 16, **kw)
