@@ -195,7 +195,8 @@ def test_estimate_arithmetic():
     assert est["token_by_token"]["weight_bytes_per_layer"] == 20 * 68 * 16
     assert est["traffic_ratio"] == pytest.approx(20 / 3)
     r = est["resources"]
-    assert r["MAC_per_cycle"] == 512 and r["DSP"] == 512 + 4 * 4 + 64 + 8 + 12
+    assert r["MAC_per_cycle"] == 1024 and r["DSP"] == 1024 + 4 * 4 + 64 + 8 + 12
+    assert est["mac_utilization"] == pytest.approx(20 * 2 * 16 * 16 / (reordered * 1024))
     assert r["URAM"] == 2 * 2 * 8 * 2 * 1           # 8 banks x 2 URAM columns (128 bit), x4
     assert r["onchip_expert_buffer_bytes"] == 2 * (2 * 256 + 32) * 2
 

@@ -500,7 +500,8 @@ def estimate(n_tokens: int = 1201, dim: int = 384, hidden: int = 384, experts: i
     Token-by-token: gate + gating + zero + N k (load + tile(1)).
     ``counts``: tokens per expert (default: the N k routings spread evenly over the E experts).
     ``weight_bits``: 16 (the fixed-point design); 32 counts the float build's bytes.
-    Resources: one DSP48E2 per MAC of the TT x TI x TO array (24 x 16 bit), the gate's AV x E
+    Resources: one DSP48E2 per MAC of the two TT x TI x TO arrays (fc1, fc2; 24 x 16 bit), the
+    gate's AV x E
     MACs, TT x TO GELU and 2E softmax multipliers, 3 AV for the 18 x 48-bit scatter products;
     weight buffers in UltraRAM (TI banks of TO x 16-bit words each, 2 buffers x 2 matrices);
     other arrays by their partitioning (see ``_bram18``).
@@ -538,7 +539,7 @@ def estimate(n_tokens: int = 1201, dim: int = 384, hidden: int = 384, experts: i
     expert_bytes = b["expert"] * to * weight_bits // 8
     hz = clock_mhz * 1e6
 
-    macs = tt * ti * to
+    macs = 2 * tt * ti * to  # fc1 and fc2 are separate DATAFLOW processes: two MAC arrays
     dsp = macs + av * experts + tt * to + 2 * experts + 3 * av
     uram = 2 * 2 * ti * -(-(to * 16) // 72) * -(-(dim * hidden // (ti * to)) // 4096)
     bram = (ti * to * 0  # weight buffers are in URAM
@@ -578,7 +579,7 @@ def format_estimate(est: Dict[str, Any], csim: Optional[Dict[str, Any]] = None) 
     c = est["config"]
     lines = [f"M3ViT MoE layer on the ZCU104 (model of the HLS source, not a synthesis report): "
              f"N={c['n_tokens']} D={c['D']} H={c['H']} E={c['E']} k={c['k']}, {c['layers']} MoE "
-             f"layers/image, {c['clock_mhz']:g} MHz, MAC array {c['TT']}x{c['TI']}x{c['TO']}",
+             f"layers/image, {c['clock_mhz']:g} MHz, MAC arrays 2 x {c['TT']}x{c['TI']}x{c['TO']}",
              f"{'design':<16}{'cycles/layer':>14}{'ms/layer':>10}{'ms/image':>10}"
              f"{'weights MiB/layer':>19}{'MiB/image':>11}"]
     for key, name in (("reordered", "reordered"), ("token_by_token", "token-by-token")):
