@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
     g_sim.reset();
     m3vit_moe(xs.data(), y.data(), ex.data(), gt.data(), n, task);
     SimCounters re = g_sim;
-    SimCounters ba;
+    SimCounters ba{};
     if (!skip_baseline) {
       g_sim.reset();
       m3vit_moe_token_by_token(xs.data(), yb.data(), ex.data(), gt.data(), n, task);

@@ -6,7 +6,7 @@
 #   M3VIT_CLOCK_MHZ  target clock [200]; 300 is the upper end the design aims at
 #   M3VIT_TOP        top function [m3vit_moe]; m3vit_moe_token_by_token synthesizes the baseline
 #   M3VIT_STEPS      steps to run ["csim csynth cosim export"]
-#   M3VIT_VECTORS    test-vector directory for csim/cosim [vectors/layer0]
+#   M3VIT_VECTORS    test-vector directory for csim/cosim [vectors/layer0, else the first one]
 #   M3VIT_CSIM_FLOAT 1: C-simulate the float build (-DM3VIT_FLOAT) instead of the fixed one
 # Sizes come from m3vit_moe_params.h (written by `fastpaper hls bundle`); without it the M3ViT
 # ViT-S layer (D = H = 384, E = 16, k = 4, 1201 tokens) is built.
@@ -42,6 +42,11 @@ config_compile -pipeline_loops 64
 config_export -format ip_catalog -rtl verilog -vendor fastpaper -library hls -version 1.0 \
   -display_name m3vit_moe
 
+# A bundle exported without layer 0 (--layer): fall back to its first vector directory.
+if {![file isdirectory $vectors]} {
+  set found [lsort -dictionary [glob -nocomplain -type d vectors/layer*]]
+  if {[llength $found] > 0} { set vectors [lindex $found 0] }
+}
 set vec [file normalize $vectors]
 if {[lsearch $steps csim] >= 0} {
   csim_design -argv "$vec --out [pwd]/csim_result.json"
