@@ -8,8 +8,9 @@ Usage::
 The layer is one M³ViT ViT-S MoE MLP: 8 images x 1201 tokens (N = 9608), D = H = 384, E = 16
 experts, top-4, routed by a softmax router on random tokens. Rows (same inputs, one process):
 
-* ``fastpaper``: ``fastpaper.moe.moe_mlp`` (counting sort by expert + grouped GEMM + deterministic
-  combine; CPU: OpenBLAS per tile, CUDA: one fused tensor-core kernel per GEMM).
+* ``fastpaper``: ``torch.ops.fastpaper.moe_mlp``, the op behind ``fastpaper.moe.moe_mlp``
+  (counting sort by expert + grouped GEMM + deterministic combine; CPU: OpenBLAS per tile, CUDA:
+  one tensor-core grouped-GEMM kernel per layer GEMM), timed without the Python argument checks.
 * ``torch expert loop``: a Python loop over experts: gather, two GEMMs, index_add (the usual
   PyTorch MoE and the issue's baseline).
 * ``dense-masked``: every expert on every token, weighted by a zero-filled [N, E] gate matrix
@@ -97,8 +98,10 @@ def main(argv=None) -> int:
     fb2 = torch.zeros(d, device=device, dtype=dtype)
     grad_out = torch.randn(n, d, generator=g).to(device, dtype)
 
+    moe.moe_mlp(*inputs)  # validates once and registers the op
     methods = {
-        "fastpaper": (lambda *a: moe.moe_mlp(*a, check_indices=False), inputs),
+        # the registered op itself (what moe_mlp calls after its Python argument checks)
+        "fastpaper": (torch.ops.fastpaper.moe_mlp, inputs),
         "torch expert loop": (moe.moe_mlp_loop, inputs),
     }
     if not args.skip_dense_masked:

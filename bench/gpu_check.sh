@@ -45,5 +45,10 @@ done
 timeout 150 "$python" bench/bench_bfp_attention.py --device cuda --contexts 4096,32768,131072 \
   --json "$out/bench_bfp_attention.json" 2>&1 | tee -a "$out/bench.log" || status=1
 
+timeout 120 "$python" bench/bench_moe.py --device cuda --dtype bfloat16 \
+  --json "$out/bench_moe_bf16.json" 2>&1 | tee -a "$out/bench.log" || status=1
+timeout 120 "$python" bench/bench_moe.py --device cuda --dtype float32 --skip-dense-masked \
+  --json "$out/bench_moe_fp32.json" 2>&1 | tee -a "$out/bench.log" || status=1
+
 step "done (status $status)"
 exit $status

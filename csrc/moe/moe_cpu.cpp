@@ -8,7 +8,8 @@
 // in slot order. Every output element is written by one thread in a fixed order, so the result
 // does not depend on the thread count. BLAS runs single-threaded, parallelism being over tiles.
 //
-// Backward recomputes the hidden activations (no state is kept from the forward) and runs one
+// Backward recomputes the hidden activations (no state is kept from the forward; 5 GEMMs per
+// tile: x W1, dy W2^T, h^T g, x^T dh, dh W1^T) and runs one
 // expert per OpenMP task, its tiles in order, so the weight-gradient sums are accumulated in a
 // fixed order too; dx is combined from per-pair rows like the forward output.
 #include <algorithm>
@@ -30,7 +31,13 @@ namespace {
 
 using detail::Io;
 
-constexpr int64_t kTileRows = 128;
+// Rows (pairs) per GEMM tile: forward tiles are shared among threads; a backward thread owns a
+// whole expert, and larger tiles make its weight-gradient GEMMs (K = tile rows) efficient.
+constexpr int64_t kTileRows = 256;
+constexpr int64_t kBackwardTileRows = 1024;
+// Below this many multiply-adds per call, threads cost more than they save (fork/join, and on a
+// shared machine waiting for a descheduled peer).
+constexpr int64_t kParallelWork = int64_t(1) << 20;
 
 inline blasint I(int64_t v) { return static_cast<blasint>(v); }
 
@@ -125,6 +132,33 @@ struct Params {
   }
 };
 
+// Elementwise parts of a tile, cloned for AVX2 (the GELU math is call-free, so they vectorize).
+#define FP_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define FP_MOE_ELEMENTWISE(A)                                                                   \
+  /* h[i, c] = GELU(h[i, c] + bias[c]) */                                                       \
+  FP_CPU_CLONES void bias_gelu(A* h, const A* bias, int64_t m, int64_t H) {                     \
+    for (int64_t i = 0; i < m; ++i)                                                             \
+      for (int64_t c = 0; c < H; ++c) h[i * H + c] = detail::gelu(h[i * H + c] + bias[c]);      \
+  }                                                                                             \
+  /* z[i, c] += bias[c] (the pre-activation, kept); g[i, c] = GELU(z[i, c]) */                  \
+  FP_CPU_CLONES void bias_gelu_keep(A* z, A* g, const A* bias, int64_t m, int64_t H) {          \
+    for (int64_t i = 0; i < m; ++i)                                                             \
+      for (int64_t c = 0; c < H; ++c) {                                                         \
+        z[i * H + c] += bias[c];                                                                \
+        g[i * H + c] = detail::gelu(z[i * H + c]);                                              \
+      }                                                                                         \
+  }                                                                                             \
+  /* d[c] = sc * G[c] * GELU'(z[c]); db[c] += d[c]  (one row) */                                \
+  FP_CPU_CLONES void dgelu_row(A* d, const A* G, const A* z, A sc, A* db, int64_t H) {          \
+    for (int64_t c = 0; c < H; ++c) {                                                           \
+      d[c] = sc * G[c] * detail::gelu_grad(z[c]);                                               \
+      db[c] += d[c];                                                                            \
+    }                                                                                           \
+  }
+FP_MOE_ELEMENTWISE(float)
+FP_MOE_ELEMENTWISE(double)
+#undef FP_MOE_ELEMENTWISE
+
 template <typename S>
 void gather_rows(const S* src, const int32_t* pairs, int64_t rows, int64_t k, int64_t width,
                  typename Io<S>::T* dst) {
@@ -140,7 +174,7 @@ template <typename S>
 void combine(const typename Io<S>::T* rows, const Shape& s, S* out) {
   using A = typename Io<S>::T;
   const int64_t D = s.dim, k = s.k;
-#pragma omp parallel
+#pragma omp parallel if (s.tokens * k * D > kParallelWork / 8)
   {
     std::vector<A> acc(D);
 #pragma omp for schedule(static)
@@ -168,7 +202,8 @@ Status forward(const S* x, const typename Io<S>::T* scores, const int64_t* indic
   const std::vector<Tile> tiles = make_tiles(sorted, s.experts);
   const int64_t D = s.dim, H = s.hidden;
   std::vector<A> rows(s.tokens * s.k * D);
-#pragma omp parallel
+  const bool parallel = tiles.size() > 1 && s.tokens * s.k * D * H > kParallelWork;
+#pragma omp parallel if (parallel)
   {
     std::vector<A> xg(kTileRows * D), hg(kTileRows * H), yg(kTileRows * D);
 #pragma omp for schedule(dynamic, 1)
@@ -178,11 +213,7 @@ Status forward(const S* x, const typename Io<S>::T* scores, const int64_t* indic
       const int32_t* pairs = sorted.pairs.data() + tile.begin;
       gather_rows(x, pairs, m, s.k, D, xg.data());
       gemm(false, false, m, H, D, xg.data(), D, w.W1 + e * D * H, H, A(0), hg.data(), H);
-      const A* bias1 = w.b1 + e * H;
-      for (int64_t i = 0; i < m; ++i) {
-        A* h = hg.data() + i * H;
-        for (int64_t c = 0; c < H; ++c) h[c] = detail::gelu(h[c] + bias1[c]);
-      }
+      bias_gelu(hg.data(), w.b1 + e * H, m, H);
       gemm(false, false, m, D, H, hg.data(), H, w.W2 + e * H * D, D, A(0), yg.data(), D);
       const A* bias2 = w.b2 + e * D;
       for (int64_t i = 0; i < m; ++i) {
@@ -218,10 +249,10 @@ Status backward(const S* dy, const S* x, const typename Io<S>::T* scores, const 
     gW1 = gstore.data(), gW2 = gW1 + nw, gb1 = gW2 + nw, gb2 = gb1 + E * H;
   }
   std::vector<A> rows(s.tokens * s.k * D);
-#pragma omp parallel
+#pragma omp parallel if (E > 1 && s.tokens * s.k * D * H > kParallelWork)
   {
-    std::vector<A> xg(kTileRows * D), gg(kTileRows * D), hp(kTileRows * H), hg(kTileRows * H),
-        yg(kTileRows * D);
+    constexpr int64_t R = kBackwardTileRows;
+    std::vector<A> xg(R * D), gg(R * D), hp(R * H), hg(R * H), gh(R * H), yg(R * D);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t e = 0; e < E; ++e) {
       A* gw1 = gW1 + e * D * H;
@@ -236,41 +267,35 @@ Status backward(const S* dy, const S* x, const typename Io<S>::T* scores, const 
       const A* w2 = w.W2 + e * H * D;
       const A* bias1 = w.b1 + e * H;
       const A* bias2 = w.b2 + e * D;
-      for (int64_t b = sorted.offsets[e]; b < sorted.offsets[e + 1]; b += kTileRows) {
-        const int64_t m = std::min(kTileRows, sorted.offsets[e + 1] - b);
+      for (int64_t b = sorted.offsets[e]; b < sorted.offsets[e + 1]; b += kBackwardTileRows) {
+        const int64_t m = std::min(kBackwardTileRows, sorted.offsets[e + 1] - b);
         const int32_t* pairs = sorted.pairs.data() + b;
         gather_rows(x, pairs, m, s.k, D, xg.data());
         gather_rows(dy, pairs, m, s.k, D, gg.data());
-        // recompute: hp = x W1 + b1 (pre-activation), hg = GELU(hp), yg = hg W2 + b2
+        // recompute: hp = x W1 + b1 (pre-activation), hg = GELU(hp)
         gemm(false, false, m, H, D, xg.data(), D, w1, H, A(0), hp.data(), H);
+        bias_gelu_keep(hp.data(), hg.data(), bias1, m, H);
+        // G = dy W2^T (unscaled): dscores[p] = <dy[t], h W2 + b2> = <G, h> + <dy[t], b2>, so the
+        // expert output itself is never recomputed
+        gemm(false, true, m, H, D, gg.data(), D, w2, D, A(0), gh.data(), H);
         for (int64_t i = 0; i < m; ++i) {
-          for (int64_t c = 0; c < H; ++c) {
-            A& z = hp[i * H + c];
-            z += bias1[c];
-            hg[i * H + c] = detail::gelu(z);
-          }
-        }
-        gemm(false, false, m, D, H, hg.data(), H, w2, D, A(0), yg.data(), D);
-        for (int64_t i = 0; i < m; ++i) {
-          // dscores[p] = <dy[t], expert(x[t])>; then gg <- d(expert output) = score * dy[t]
           const A sc = scores[pairs[i]];
-          A dot = 0;
           A* g = gg.data() + i * D;
-          for (int64_t c = 0; c < D; ++c) dot += g[c] * (yg[i * D + c] + bias2[c]);
+          const A* gr = gh.data() + i * H;
+          const A* hr = hg.data() + i * H;
+          A dot = 0;
+          for (int64_t c = 0; c < H; ++c) dot += gr[c] * hr[c];
+          for (int64_t c = 0; c < D; ++c) dot += g[c] * bias2[c];
           dscores[pairs[i]] = dot;
-          for (int64_t c = 0; c < D; ++c) {
+          for (int64_t c = 0; c < D; ++c) {  // g <- d(expert output) = score * dy[t]
             g[c] *= sc;
             gbias2[c] += g[c];
           }
         }
         gemm(true, false, H, D, m, hg.data(), H, gg.data(), D, A(1), gw2, D);      // dW2 += h^T g
-        gemm(false, true, m, H, D, gg.data(), D, w2, D, A(0), hg.data(), H);       // dh = g W2^T
-        for (int64_t i = 0; i < m; ++i) {
-          for (int64_t c = 0; c < H; ++c) {
-            A& d = hg[i * H + c];
-            d *= detail::gelu_grad(hp[i * H + c]);
-            gbias1[c] += d;
-          }
+        for (int64_t i = 0; i < m; ++i) {                                          // dh in hg
+          dgelu_row(hg.data() + i * H, gh.data() + i * H, hp.data() + i * H, scores[pairs[i]],
+                    gbias1, H);
         }
         gemm(true, false, D, H, m, xg.data(), D, hg.data(), H, A(1), gw1, H);      // dW1 += x^T dh
         gemm(false, true, m, D, H, hg.data(), H, w1, H, A(0), yg.data(), D);       // dx_p = dh W1^T
