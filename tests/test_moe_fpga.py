@@ -5,7 +5,6 @@ buffers it is given and computes the layer."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 import types
 
@@ -82,7 +81,6 @@ def test_pack_gates_and_activations():
         moe_fpga.unpack_activations(np.zeros(10, np.uint8), 7, D)
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
 @pytest.mark.parametrize("build", ["fixed", "float"])
 def test_unpack_the_csim_output(tmp_path, tmp_path_factory, build):
     """The words the C-simulated design wrote, decoded by the driver, are the layer's output; the

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +21,6 @@ from moe_hls_reference import CSIM, ReferenceMoE, compiled_testbenches
 
 D, H, E, K, TASKS, MAX_N = (CSIM[k] for k in ("D", "H", "E", "K", "TASKS", "MAX_N"))
 N = 40
-
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++")
-
 
 @pytest.fixture(scope="module")
 def testbenches(tmp_path_factory):
