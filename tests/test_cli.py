@@ -128,3 +128,16 @@ def test_demo_small_console_script_env():
 def test_demo_unknown_section():
     with pytest.raises(SystemExit):
         cli.main(["demo", "--small", "--section", "nope"])
+
+
+def test_hls_estimate_console_script():
+    proc = _run("hls", "estimate", "--json", "--tokens", "197")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["config"]["n_tokens"] == 197
+    assert data["reordered"]["cycles_per_layer"] < data["token_by_token"]["cycles_per_layer"]
+
+
+def test_hls_estimate_bad_sizes(capsys):
+    assert cli.main(["hls", "estimate", "--dim", "100"]) == 2
+    assert "multiple of" in capsys.readouterr().err
