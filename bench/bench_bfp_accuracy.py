@@ -7,6 +7,10 @@ run in float32 on the CPU (or --device cuda). Text: CPython's ``pydoc_data.topic
 Python documentation, English prose and code), or ``--text FILE``. Evaluation windows come from
 the start of the token stream, calibration from its end: the two never overlap.
 
+Also: fastpaper's key transform in ``BFPCache`` (``rotate_keys``: Hadamard rotation;
+``center_keys``: subtract the prompt's mean pre-RoPE key first), with the codec's ``no_clip`` and
+``floor`` exponent choices.
+
 Keys are quantized **in the KV cache**: each window is one forward pass with
 ``fastpaper.bfp.BFPCache(fmt)``, whose update packs the post-RoPE keys and returns their dequantized
 values to attention, exactly what decoding from the cache would see. Values stay full precision.
@@ -62,15 +66,16 @@ def load_text(path: str | None) -> str:
 
 
 @torch.no_grad()
-def perplexity(model, windows: torch.Tensor, fmt) -> tuple[float, float]:
-    """exp(mean next-token NLL) over the windows, and the stored key bits per element."""
+def perplexity(model, windows: torch.Tensor, fmt, **cache_kw) -> tuple[float, float]:
+    """exp(mean next-token NLL) over the windows, and the stored key bits per element.
+    ``cache_kw``: options of ``BFPCache.for_model`` (scale, rotate_keys, center_keys)."""
     nll, n, bits = 0.0, 0, 32.0
     for w in windows:
         x = w.unsqueeze(0).to(model.device)
         if fmt is None:
             out = model(input_ids=x, use_cache=False)
         else:
-            cache = bfp.BFPCache(fmt)
+            cache = bfp.BFPCache.for_model(model, fmt, **cache_kw)
             out = model(input_ids=x, past_key_values=cache, use_cache=True)
             bits = cache.key_bits_per_element()
         logp = torch.log_softmax(out.logits[0, :-1].double(), -1)
@@ -107,9 +112,9 @@ def main() -> None:
 
     rows = []
 
-    def record(method, fmt_name, fmt):
+    def record(method, fmt_name, fmt, **cache_kw):
         t = time.time()
-        ppl, bits = perplexity(model, evalw, fmt)
+        ppl, bits = perplexity(model, evalw, fmt, **cache_kw)
         rows.append({"method": method, "format": fmt_name, "key_bits_per_element": bits, "ppl": ppl})
         print(f"{method:28s} {fmt_name:10s} bits {bits:6.3f}  ppl {ppl:8.4f}  ({time.time() - t:.0f} s)", flush=True)
 
@@ -118,6 +123,16 @@ def main() -> None:
         record("no reordering", f"BFP12_{b}", bfp.Format(b, 4))
     record("no reordering", "BFP16_64", bfp.BFP16)
     record("no reordering", "MXINT8", bfp.MXINT8)
+    for b in blocks:
+        record("no reordering, floor scale", f"BFP12_{b}", bfp.Format(b, 4), scale="floor")
+
+    # fastpaper's key transform in BFPCache: center on the prompt's mean pre-RoPE key, then rotate
+    # by Hadamard (no calibration, nothing folded)
+    for b in blocks:
+        record("Hadamard", f"BFP12_{b}", bfp.Format(b, 4), rotate_keys=True)
+        for sc in ("no_clip", "floor"):
+            record(f"center + Hadamard, {sc}", f"BFP12_{b}", bfp.Format(b, 4), scale=sc,
+                   rotate_keys=True, center_keys=True)
 
     bfp.ksort(model, method="norm")
     for b in blocks:

@@ -8,14 +8,24 @@ For N systems of a family (default: Darcy, grid 102 -> 10^4 unknowns, N = 20, rt
   fastpaper GCRO-DR(40,20) fresh   a new recycle space per system (deflation within a solve)
   fastpaper GCRO-DR recycled       U carried in generation order
   fastpaper GCRO-DR recycled+sort  U carried in greedy nearest-neighbour order (sort cost reported)
+  scipy lgmres(inner 30, outer 3)  scipy.sparse.linalg.lgmres (augmented with error approximations)
   scipy splu                       sparse LU per system (factor + solve)
+  pyamg SA + scipy gmres(40)       smoothed-aggregation AMG as right preconditioner (setup per system)
+  pyamg SA + fastpaper GCRO-DR     the same AMG preconditioner, as a callable, with recycling+sort
+                                   (pyamg rows are reported as "not available" when it is missing)
 
 Reports mean matvecs and wall time per system, failures (not converged within maxiter) and ratios
 against scipy gmres. scipy's matvecs are counted through a LinearOperator wrapper (one Python call
 per product, a few microseconds against ~50 us per SpMV at n = 10^4). Threads: whatever OpenMP /
 OpenBLAS use by default (fastpaper's solver runs its BLAS single-threaded).
 
-    python bench/bench_krylov.py [--family darcy] [--grid 102] [--count 20] [--json out.json]
+    python bench/bench_krylov.py [--family darcy] [--grid 102 [257 ...]] [--count 20] [--json out.json]
+
+--grid 102 gives 10^4 unknowns, --grid 257 gives 6.5 x 10^4 (the issue's two sizes).
+The "single" row solves float32 (complex64) copies of the systems with fastpaper's mixed-precision
+solver (single-precision basis, double iterate and residual); it counts as solved when the solver
+reports the double iterate converged (the returned x is that iterate rounded to float32, whose own
+residual is at float32's level). --single converts every system for every method instead.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ def _counting(A):
         count[0] += 1
         return A @ v
 
-    return spl.LinearOperator(A.shape, matvec=mv, dtype=np.float64), count
+    return spl.LinearOperator(A.shape, matvec=mv, dtype=A.dtype), count
 
 
 def run_scipy_gmres(As, bs, rtol, maxiter):
@@ -83,6 +93,61 @@ def run_fastpaper(As, bs, rtol, maxiter, method, recycle, order):
     return rows
 
 
+def run_scipy_lgmres(As, bs, rtol, maxiter):
+    rows = []
+    for A, b in zip(As, bs):
+        op, c = _counting(A)
+        t = time.perf_counter()
+        x, info = spl.lgmres(op, b, rtol=rtol, atol=0.0, inner_m=30, outer_k=3,
+                             maxiter=max(1, maxiter // 33))
+        rows.append((c[0], time.perf_counter() - t, info == 0 and _ok(A, x, b, rtol)))
+    return rows
+
+
+def _amg(A):
+    import pyamg
+
+    ml = pyamg.smoothed_aggregation_solver(A.tocsr())
+    return ml.aspreconditioner(cycle="V")
+
+
+def run_pyamg_gmres(As, bs, rtol, maxiter):
+    rows = []
+    for A, b in zip(As, bs):
+        op, c = _counting(A)
+        t = time.perf_counter()
+        M = _amg(A)
+        x, info = spl.gmres(op, b, M=M, rtol=rtol, atol=0.0, restart=40,
+                            maxiter=max(1, maxiter // 40))
+        rows.append((c[0], time.perf_counter() - t, info == 0 and _ok(A, x, b, rtol)))
+    return rows
+
+
+def run_pyamg_gcrodr(As, bs, rtol, maxiter, order):
+    rows = [None] * len(As)
+    solver = krylov.RecyclingSolver(40, 20, rtol=rtol, maxiter=maxiter)
+    for i in order:
+        A, b = As[i], bs[i]
+        t = time.perf_counter()
+        solver.M = _amg(A)
+        x, info = solver.solve(A, b)
+        rows[i] = (info.matvecs, time.perf_counter() - t, info.converged and _ok(A, x, b, rtol))
+    return rows
+
+
+def run_fastpaper_single(As, bs, rtol, maxiter, order):
+    singles = [(A.astype(np.complex64 if np.iscomplexobj(A.data) else np.float32),
+                b.astype(np.complex64 if np.iscomplexobj(b) else np.float32)) for A, b in zip(As, bs)]
+    rows = [None] * len(As)
+    solver = krylov.RecyclingSolver(40, 20, rtol=rtol, maxiter=maxiter)
+    for i in order:
+        A, b = singles[i]
+        t = time.perf_counter()
+        x, info = solver.solve(A, b)
+        rows[i] = (info.matvecs, time.perf_counter() - t, info.converged)
+    return rows
+
+
 def run_splu(As, bs, rtol):
     rows = []
     for A, b in zip(As, bs):
@@ -96,64 +161,97 @@ def _ok(A, x, b, rtol):
     return bool(np.linalg.norm(b - A @ x) <= rtol * np.linalg.norm(b) * (1 + 1e-6))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--family", default="darcy", choices=("darcy", "poisson", "convdiff", "helmholtz"))
-    ap.add_argument("--grid", type=int, default=102, help="nodes per side (unknowns (grid-2)^2)")
-    ap.add_argument("--count", type=int, default=20)
-    ap.add_argument("--rtol", type=float, default=1e-8)
-    ap.add_argument("--maxiter", type=int, default=10000, help="matvec / iteration cap per system")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip", action="append", default=[], help="skip a method (repeatable)")
-    ap.add_argument("--json", metavar="PATH")
-    args = ap.parse_args(argv)
+def _pyamg_missing():
+    try:
+        import pyamg  # noqa: F401
+    except ImportError as e:
+        return f"not available: {e}"
+    return None
 
+
+def run_grid(args, grid):
     t = time.perf_counter()
-    params, As, bs = sample_systems(args.family, args.grid, args.count, args.seed)
+    params, As, bs = sample_systems(args.family, grid, args.count, args.seed)
+    if args.single:
+        dt = np.complex64 if np.iscomplexobj(As[0].data) else np.float32
+        As = [A.astype(dt) for A in As]
+        bs = [b.astype(dt) for b in bs]
     gen_s = time.perf_counter() - t
     t = time.perf_counter()
     order = krylov.sort_systems(params, "greedy")
     sort_s = time.perf_counter() - t
     n = As[0].shape[0]
     print(f"{args.family}: {args.count} systems, n = {n}, nnz = {As[0].nnz}, rtol = {args.rtol:g}; "
-          f"sampling+assembly {gen_s:.2f} s, greedy sort {sort_s * 1e3:.1f} ms", flush=True)
+          f"dtype {As[0].dtype}; sampling+assembly {gen_s:.2f} s, greedy sort {sort_s * 1e3:.1f} ms",
+          flush=True)
 
     ident = list(range(args.count))
+    r, mi = args.rtol, args.maxiter
     methods = [
-        ("scipy gmres(40)", lambda: run_scipy_gmres(As, bs, args.rtol, args.maxiter)),
-        ("scipy gcrotmk(40,20)+CU", lambda: run_scipy_gcrotmk(As, bs, args.rtol, args.maxiter)),
-        ("fastpaper GMRES(40)", lambda: run_fastpaper(As, bs, args.rtol, args.maxiter, "gmres", False, ident)),
-        ("fastpaper GCRO-DR fresh", lambda: run_fastpaper(As, bs, args.rtol, args.maxiter, "gcrodr", False, ident)),
-        ("fastpaper GCRO-DR recycled", lambda: run_fastpaper(As, bs, args.rtol, args.maxiter, "gcrodr", True, ident)),
-        ("fastpaper GCRO-DR recycled+sorted", lambda: run_fastpaper(As, bs, args.rtol, args.maxiter, "gcrodr", True, order)),
-        ("scipy splu", lambda: run_splu(As, bs, args.rtol)),
+        ("scipy gmres(40)", lambda: run_scipy_gmres(As, bs, r, mi)),
+        ("scipy gcrotmk(40,20)+CU", lambda: run_scipy_gcrotmk(As, bs, r, mi)),
+        ("scipy lgmres(30,3)", lambda: run_scipy_lgmres(As, bs, r, mi)),
+        ("fastpaper GMRES(40)", lambda: run_fastpaper(As, bs, r, mi, "gmres", False, ident)),
+        ("fastpaper GCRO-DR fresh", lambda: run_fastpaper(As, bs, r, mi, "gcrodr", False, ident)),
+        ("fastpaper GCRO-DR recycled", lambda: run_fastpaper(As, bs, r, mi, "gcrodr", True, ident)),
+        ("fastpaper GCRO-DR recycled+sorted", lambda: run_fastpaper(As, bs, r, mi, "gcrodr", True, order)),
+        ("fastpaper GCRO-DR recycled+sorted single", lambda: run_fastpaper_single(As, bs, r, mi, order)),
+        ("scipy splu", lambda: run_splu(As, bs, r)),
+        ("pyamg SA + scipy gmres(40)", lambda: run_pyamg_gmres(As, bs, r, mi)),
+        ("pyamg SA + fastpaper GCRO-DR recycled+sorted", lambda: run_pyamg_gcrodr(As, bs, r, mi, order)),
     ]
+    missing = _pyamg_missing()
     results = []
     for name, fn in methods:
         if any(s in name for s in args.skip):
             continue
+        if name.startswith("pyamg") and missing:
+            results.append({"method": name, "unavailable": missing})
+            continue
         rows = fn()
-        mv = np.array([r[0] for r in rows], dtype=float)
-        sec = np.array([r[1] for r in rows])
+        mv = np.array([row[0] for row in rows], dtype=float)
+        sec = np.array([row[1] for row in rows])
         results.append({"method": name, "matvecs_mean": float(mv.mean()),
                         "ms_per_system": float(sec.mean() * 1e3),
                         "total_s": float(sec.sum()) + (sort_s if "sorted" in name else 0.0),
-                        "failed": int(sum(not r[2] for r in rows))})
+                        "failed": int(sum(not row[2] for row in rows))})
         print(f"  done {name}", file=sys.stderr, flush=True)
-    base = next((r for r in results if r["method"] == "scipy gmres(40)"), None)
-    head = f"{'method':36s} {'matvecs/system':>15s} {'ms/system':>10s} {'failed':>7s} {'speedup vs scipy gmres':>23s}"
+    base = next((x for x in results if x["method"] == "scipy gmres(40)"), None)
+    head = (f"{'method':46s} {'matvecs/system':>15s} {'ms/system':>10s} {'failed':>7s} "
+            f"{'speedup vs scipy gmres':>23s}")
     print(head)
     print("-" * len(head))
-    for r in results:
-        sp = f"{base['ms_per_system'] / r['ms_per_system']:.2f}x" if base else "-"
-        r["speedup_vs_scipy_gmres"] = base["ms_per_system"] / r["ms_per_system"] if base else None
-        print(f"{r['method']:36s} {r['matvecs_mean']:15.1f} {r['ms_per_system']:10.2f} {r['failed']:7d} {sp:>23s}")
+    for x in results:
+        if "unavailable" in x:
+            print(f"{x['method']:46s} {x['unavailable']}")
+            continue
+        x["speedup_vs_scipy_gmres"] = base["ms_per_system"] / x["ms_per_system"] if base else None
+        sp = f"{x['speedup_vs_scipy_gmres']:.2f}x" if base else "-"
+        print(f"{x['method']:46s} {x['matvecs_mean']:15.1f} {x['ms_per_system']:10.2f} "
+              f"{x['failed']:7d} {sp:>23s}")
+    return {"family": args.family, "grid": grid, "n": n, "count": args.count, "rtol": args.rtol,
+            "dtype": str(As[0].dtype),
+            "maxiter": args.maxiter, "sort_seconds": sort_s, "results": results}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--family", default="darcy", choices=("darcy", "poisson", "convdiff", "helmholtz"))
+    ap.add_argument("--grid", type=int, nargs="+", default=[102],
+                    help="nodes per side, one run per value (unknowns (grid-2)^2)")
+    ap.add_argument("--count", type=int, default=20)
+    ap.add_argument("--rtol", type=float, default=1e-8)
+    ap.add_argument("--maxiter", type=int, default=10000, help="matvec / iteration cap per system")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--single", action="store_true", help="float32 / complex64 systems")
+    ap.add_argument("--skip", action="append", default=[], help="skip a method (repeatable)")
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args(argv)
+    runs = [run_grid(args, g) for g in args.grid]
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"family": args.family, "grid": args.grid, "n": n, "count": args.count,
-                       "rtol": args.rtol, "maxiter": args.maxiter, "sort_seconds": sort_s,
-                       "machine": platform.platform(), "python": platform.python_version(),
-                       "scipy": scipy.__version__, "results": results}, f, indent=2)
+            json.dump({"machine": platform.platform(), "python": platform.python_version(),
+                       "scipy": scipy.__version__, "runs": runs}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
 

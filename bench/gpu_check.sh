@@ -45,6 +45,11 @@ done
 timeout 150 "$python" bench/bench_bfp_attention.py --device cuda --contexts 4096,32768,131072 \
   --json "$out/bench_bfp_attention.json" 2>&1 | tee -a "$out/bench.log" || status=1
 
+# rnn: the H200 anchors of issue 3 (B=16, T=1024, total hidden 768): LSTM 1x768 and 12x64,
+# sLSTM 12x64 and 48x16, GRU 1x768, bf16 (cuDNN rows in fp16 and bf16)
+timeout 240 "$python" bench/bench_rnn.py --device cuda --dtype bfloat16 --B 16 --T 1024 \
+  --hidden 768 --configs lstm:1,lstm:12,slstm:12,slstm:48,gru:1 --no-loop --warmup 2 --repeats 5 \
+  --json "$out/bench_rnn.json" 2>&1 | tee -a "$out/bench.log" || status=1
 timeout 120 "$python" bench/bench_moe.py --device cuda --dtype bfloat16 \
   --json "$out/bench_moe_bf16.json" 2>&1 | tee -a "$out/bench.log" || status=1
 timeout 120 "$python" bench/bench_moe.py --device cuda --dtype float32 --skip-dense-masked \

@@ -13,6 +13,9 @@ fi
 "$python" -c "import torch" 2>/dev/null || "$python" -m pip install -q torch==2.13.0
 "$python" -m pip install -q ninja cmake
 "$python" -m pip install -q ".[test]"
+# Xilinx ap_int/ap_fixed/hls_stream headers for the g++ C-simulation of hls/m3vit_moe (a small
+# pure-Python wheel; --no-deps: its own dependencies are not needed for the headers).
+"$python" -m pip install -q --no-deps hls4ml
 
 # Run pytest from outside the source tree so that the installed package is the one imported.
 (cd tests && "$python" -m pytest -q -p no:cacheprovider .)

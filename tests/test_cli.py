@@ -77,7 +77,8 @@ requires_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                     reason="fastpaper demo needs torch")
 _DEMO_SECTIONS = ("== BFP codec", "accuracy and size:", "throughput: fastpaper vs plain PyTorch",
                   "BFP12", "BFP16", "MXINT8", "bit-identical to fastpaper here",
-                  "== krylov: GCRO-DR with subspace recycling", "GCRO-DR(40,20) recycled + sorted")
+                  "== krylov: GCRO-DR with subspace recycling", "GCRO-DR(40,20) recycled + sorted",
+                  "fused multi-head LSTM / GRU / sLSTM", "forward: fastpaper.nn vs torch.nn")
 
 
 @requires_torch
@@ -90,7 +91,7 @@ def test_demo_small_in_process(capsys, tmp_path):
     data = json.loads(out_json.read_text())
     assert data["config"] == {"device": "cpu", "small": True, "seed": 0}
     names = [s["name"] for s in data["sections"]]
-    assert names[0] == "bfp" and {"krylov", "pararnn"} <= set(names)
+    assert names[0] == "bfp" and {"krylov", "pararnn", "rnn"} <= set(names)
     section = next(s for s in data["sections"] if s["name"] == "bfp")
     accuracy, speed = section["tables"]
     by_format = {r["format"]: r for r in accuracy["rows"]}
@@ -108,6 +109,10 @@ def test_demo_small_in_process(capsys, tmp_path):
     assert all(r["converged"] == "6/6" for r in by_method.values())
     assert (by_method["GCRO-DR(40,20) recycled"]["matvecs"]
             < by_method["GCRO-DR(40,20) fresh"]["matvecs"] < by_method["GMRES(40)"]["matvecs"])
+    (rnn_table,) = next(s for s in data["sections"] if s["name"] == "rnn")["tables"]
+    assert [r["module"] for r in rnn_table["rows"]] == ["LSTM 1x64", "GRU 1x64", "SLSTM 4x16"]
+    # torch.nn's weights loaded: same outputs; sLSTM step() == full sequence
+    assert all(r["max_abs_diff"] < 1e-5 and r["fastpaper_ms"] > 0 for r in rnn_table["rows"])
 
 
 @requires_torch
@@ -137,3 +142,16 @@ def test_moe_train_cli(capsys, tmp_path):
 
     assert M3ViT.from_checkpoint(ckpt).tasks == ["semseg", "depth"]
     assert cli.main(["moe", "train", "--tasks", "pose", "--no-progress"]) == 2
+
+
+def test_hls_estimate_console_script():
+    proc = _run("hls", "estimate", "--json", "--tokens", "197")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["config"]["n_tokens"] == 197
+    assert data["reordered"]["cycles_per_layer"] < data["token_by_token"]["cycles_per_layer"]
+
+
+def test_hls_estimate_bad_sizes(capsys):
+    assert cli.main(["hls", "estimate", "--dim", "100"]) == 2
+    assert "multiple of" in capsys.readouterr().err

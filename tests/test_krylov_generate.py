@@ -86,6 +86,49 @@ def test_resume_after_sigkill(tmp_path):
     _check_store(out, "poisson", 34, 60)
 
 
+def test_resume_ignores_a_recycle_space_that_does_not_match_progress(tmp_path):
+    from fastpaper.krylov_generate import _recycle_path
+
+    kw = dict(m=20, k=6, progress=False)
+    out, ref = str(tmp_path / "a.zarr"), str(tmp_path / "ref.zarr")
+    generate("darcy", 26, 8, ref, **kw)
+    assert generate("darcy", 26, 8, out, stop_after=3, **kw)["done"] == 3
+    saved = np.load(_recycle_path(out, 0))
+    assert saved[0, 0] == 3 and saved.shape[1] == 6  # follows 3 systems, k = 6 columns
+    # as if killed after the recycle file of system 4 was written but before its progress was
+    saved[0, 0] = 4
+    np.save(_recycle_path(out, 0), saved)
+    assert generate("darcy", 26, 8, out, **kw)["solved"] == 5
+    g, gr = zarr.open_group(out, mode="r"), zarr.open_group(ref, mode="r")
+    col = STATS_COLUMNS.index("matvecs")
+    order = gr["order"][:]
+    # the first system after the resume started without a recycle space: more matvecs than in
+    # the uninterrupted run; it still converged, and the store is complete and correct
+    assert g["stats"][order[3], col] > gr["stats"][order[3], col]
+    _check_store(out, "darcy", 26, 8)
+
+
+@pytest.mark.parametrize("family", ["darcy", "helmholtz"])
+def test_single_precision_store(tmp_path, family):
+    out = str(tmp_path / "s.zarr")
+    args = ["krylov", "generate", "--family", family, "--grid", "22", "--count", "4", "--m", "30",
+            "--k", "6", "--precond", "ilu0", "--precision", "single", "--no-progress", "--out", out]
+    assert cli.main(args) == 0
+    g = zarr.open_group(out, mode="r")
+    sol = g["solutions"][:]
+    assert sol.dtype == (np.complex64 if family == "helmholtz" else np.float32)
+    fam = make_family(family, 22)
+    for i in range(4):
+        A, b = fam.assemble(g["params"][i])
+        xs = spl.spsolve(A.tocsc(), b)
+        # solved to rtol 1e-8 in mixed precision, then rounded to single
+        err = np.linalg.norm(sol[i].ravel() - xs) / np.linalg.norm(xs)
+        assert err <= 1e-5, err
+    assert cli.main(args) == 0 and read_progress(out)["done"] == 4  # resumes as a finished run
+    with pytest.raises(ValueError, match="precision"):
+        generate(family, 22, 4, str(tmp_path / "x.zarr"), precision="half", progress=False)
+
+
 def test_generate_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="family"):
         generate("heat", 20, 3, str(tmp_path / "a.zarr"), progress=False)
@@ -116,6 +159,10 @@ def test_chunks_resume_and_dask_equals_single_process(tmp_path):
     np.testing.assert_array_equal(gr["solutions"][:], gd["solutions"][:])
     keep = [i for i, c in enumerate(STATS_COLUMNS) if c != "seconds"]
     np.testing.assert_array_equal(gr["stats"][:][:, keep], gd["stats"][:][:, keep])
+    # the interrupted run continued with its saved recycle space: bit for bit the fresh run
+    gs = zarr.open_group(single, mode="r")
+    np.testing.assert_array_equal(gr["solutions"][:], gs["solutions"][:])
+    np.testing.assert_array_equal(gr["stats"][:][:, keep], gs["stats"][:][:, keep])
     _check_store(single, "darcy", 26, 10)
     _check_store(chunked, "darcy", 26, 10)
     with pytest.raises(ValueError, match="chunk_size"):

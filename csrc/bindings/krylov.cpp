@@ -17,6 +17,7 @@ using namespace fastpaper;
 namespace {
 
 using Zc = std::complex<double>;
+using Cf = std::complex<float>;
 template <class T>
 using Arr = nb::ndarray<T, nb::c_contig, nb::device::cpu>;
 template <class T>
@@ -138,6 +139,19 @@ class RecycleSpace {
   int64_t n() const { return krylov::recycle_n(r_); }
   int32_t dim() const { return krylov::recycle_dim(r_); }
   bool is_complex() const { return krylov::recycle_is_complex(r_); }
+  // numpy's name of the scalar type of U
+  const char* dtype() const {
+    switch (krylov::recycle_scalar(r_)) {
+      case krylov::Scalar::float32:
+        return "float32";
+      case krylov::Scalar::complex64:
+        return "complex64";
+      case krylov::Scalar::complex128:
+        return "complex128";
+      default:
+        return "float64";
+    }
+  }
   template <class T>
   void get(Arr<T> out) {
     check_len(out, "out", bindings::checked_mul(n(), dim(), "U"));
@@ -253,27 +267,31 @@ void spmv(int64_t rows, int64_t cols, AnyArray indptr, AnyArray indices, ConstF6
 
 }  // namespace
 
+template <class T>
+void def_scalar(nb::module_& mod, nb::class_<RecycleSpace>& cls, const char* name) {
+  const std::string n(name);
+  cls.def(("get_" + n).c_str(), &RecycleSpace::get<T>, nb::arg("out"))
+      .def(("set_" + n).c_str(), &RecycleSpace::set<T>, nb::arg("n"), nb::arg("dim"), nb::arg("u"));
+  mod.def(("solve_" + n).c_str(), &solve<T>, nb::arg("method"), nb::arg("n"),
+          nb::arg("A_csr").none(), nb::arg("A_fn").none(), nb::arg("precond"),
+          nb::arg("M_fn").none(), nb::arg("b"), nb::arg("x"), nb::arg("m"), nb::arg("k"),
+          nb::arg("rtol"), nb::arg("atol"), nb::arg("maxiter"), nb::arg("recycle").none(),
+          nb::arg("monitor").none(), nb::arg("history"));
+}
+
 NB_MODULE(_krylov, mod) {
   mod.doc() = "fastpaper._krylov: GMRES / GCRO-DR with recycling (see fastpaper.krylov)";
-  nb::class_<RecycleSpace>(mod, "RecycleSpace")
-      .def(nb::init<>())
-      .def_prop_ro("n", &RecycleSpace::n)
-      .def_prop_ro("dim", &RecycleSpace::dim)
-      .def_prop_ro("is_complex", &RecycleSpace::is_complex)
-      .def("get", &RecycleSpace::get<double>, nb::arg("out"))
-      .def("get_complex", &RecycleSpace::get<Zc>, nb::arg("out"))
-      .def("set", &RecycleSpace::set<double>, nb::arg("n"), nb::arg("dim"), nb::arg("u"))
-      .def("set_complex", &RecycleSpace::set<Zc>, nb::arg("n"), nb::arg("dim"), nb::arg("u"));
-  mod.def("solve", &solve<double>, nb::arg("method"), nb::arg("n"), nb::arg("A_csr").none(),
-          nb::arg("A_fn").none(), nb::arg("precond"), nb::arg("M_fn").none(), nb::arg("b"),
-          nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("rtol"), nb::arg("atol"),
-          nb::arg("maxiter"), nb::arg("recycle").none(), nb::arg("monitor").none(),
-          nb::arg("history"));
-  mod.def("solve_complex", &solve<Zc>, nb::arg("method"), nb::arg("n"), nb::arg("A_csr").none(),
-          nb::arg("A_fn").none(), nb::arg("precond"), nb::arg("M_fn").none(), nb::arg("b"),
-          nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("rtol"), nb::arg("atol"),
-          nb::arg("maxiter"), nb::arg("recycle").none(), nb::arg("monitor").none(),
-          nb::arg("history"));
+  auto cls = nb::class_<RecycleSpace>(mod, "RecycleSpace")
+                 .def(nb::init<>())
+                 .def_prop_ro("n", &RecycleSpace::n)
+                 .def_prop_ro("dim", &RecycleSpace::dim)
+                 .def_prop_ro("is_complex", &RecycleSpace::is_complex)
+                 .def_prop_ro("dtype", &RecycleSpace::dtype);
+  // solve_<dtype> and RecycleSpace.get_<dtype> / set_<dtype>, one per scalar type
+  def_scalar<float>(mod, cls, "float32");
+  def_scalar<double>(mod, cls, "float64");
+  def_scalar<Cf>(mod, cls, "complex64");
+  def_scalar<Zc>(mod, cls, "complex128");
   mod.def("spmv", &spmv, nb::arg("rows"), nb::arg("cols"), nb::arg("indptr"), nb::arg("indices"),
           nb::arg("values"), nb::arg("x"), nb::arg("y"));
 }

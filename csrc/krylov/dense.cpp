@@ -1,4 +1,5 @@
-// Dense kernels of the Krylov solver on OpenBLAS/LAPACKE (scipy-openblas32).
+// Dense kernels of the Krylov solver on OpenBLAS/LAPACKE (scipy-openblas32), one template per
+// kernel over the four scalar types; Lib<T> maps each to its s/d/c/z routine.
 #include "krylov/dense.h"
 
 #include <complex>
@@ -10,22 +11,95 @@
 
 #include <algorithm>
 #include <cmath>
-#include <complex>
+#include <type_traits>
 
 namespace fastpaper::krylov::dense {
 namespace {
+
+using Z = std::complex<double>;
+using C = std::complex<float>;
+template <class T>
+inline constexpr bool is_complex_v = std::is_same_v<T, Z> || std::is_same_v<T, C>;
+
 inline blasint I(int64_t v) { return static_cast<blasint>(v); }
-inline CBLAS_TRANSPOSE T(bool t) { return t ? CblasTrans : CblasNoTrans; }
+template <class T>
+inline CBLAS_TRANSPOSE Tr(bool t) {
+  return t ? (is_complex_v<T> ? CblasConjTrans : CblasTrans) : CblasNoTrans;
+}
+// Real BLAS takes scalars by value, complex BLAS by pointer.
+template <class T>
+inline auto S(const T& v) {
+  if constexpr (is_complex_v<T>) {
+    return static_cast<const void*>(&v);
+  } else {
+    return v;
+  }
+}
+
+template <class T>
+struct Lib;
+template <>
+struct Lib<float> {
+  static constexpr auto nrm2 = scipy_cblas_snrm2;
+  static constexpr auto scal = scipy_cblas_sscal;
+  static constexpr auto axpy = scipy_cblas_saxpy;
+  static constexpr auto gemv = scipy_cblas_sgemv;
+  static constexpr auto gemm = scipy_cblas_sgemm;
+  static constexpr auto trsm = scipy_cblas_strsm;
+  static constexpr auto geqrf = scipy_LAPACKE_sgeqrf;
+  static constexpr auto orgqr = scipy_LAPACKE_sorgqr;
+  static constexpr auto geev = scipy_LAPACKE_sgeev;
+  static constexpr auto ggev = scipy_LAPACKE_sggev;
+};
+template <>
+struct Lib<double> {
+  static constexpr auto nrm2 = scipy_cblas_dnrm2;
+  static constexpr auto scal = scipy_cblas_dscal;
+  static constexpr auto axpy = scipy_cblas_daxpy;
+  static constexpr auto gemv = scipy_cblas_dgemv;
+  static constexpr auto gemm = scipy_cblas_dgemm;
+  static constexpr auto trsm = scipy_cblas_dtrsm;
+  static constexpr auto geqrf = scipy_LAPACKE_dgeqrf;
+  static constexpr auto orgqr = scipy_LAPACKE_dorgqr;
+  static constexpr auto geev = scipy_LAPACKE_dgeev;
+  static constexpr auto ggev = scipy_LAPACKE_dggev;
+};
+template <>
+struct Lib<C> {
+  static constexpr auto nrm2 = scipy_cblas_scnrm2;
+  static constexpr auto scal = scipy_cblas_cscal;
+  static constexpr auto axpy = scipy_cblas_caxpy;
+  static constexpr auto gemv = scipy_cblas_cgemv;
+  static constexpr auto gemm = scipy_cblas_cgemm;
+  static constexpr auto trsm = scipy_cblas_ctrsm;
+  static constexpr auto geqrf = scipy_LAPACKE_cgeqrf;
+  static constexpr auto orgqr = scipy_LAPACKE_cungqr;
+  static constexpr auto geev = scipy_LAPACKE_cgeev;
+  static constexpr auto ggev = scipy_LAPACKE_cggev;
+};
+template <>
+struct Lib<Z> {
+  static constexpr auto nrm2 = scipy_cblas_dznrm2;
+  static constexpr auto scal = scipy_cblas_zscal;
+  static constexpr auto axpy = scipy_cblas_zaxpy;
+  static constexpr auto gemv = scipy_cblas_zgemv;
+  static constexpr auto gemm = scipy_cblas_zgemm;
+  static constexpr auto trsm = scipy_cblas_ztrsm;
+  static constexpr auto geqrf = scipy_LAPACKE_zgeqrf;
+  static constexpr auto orgqr = scipy_LAPACKE_zungqr;
+  static constexpr auto geev = scipy_LAPACKE_zgeev;
+  static constexpr auto ggev = scipy_LAPACKE_zggev;
+};
 
 // After geqrf: copy the upper triangle R out of A and report the first column whose |R_jj| is not
-// above rank_tol * max|R_ii| (numerically dependent), for the real and the complex QR alike.
-template <typename S>
-bool copy_r_and_check_rank(int64_t cols, const S* A, int64_t lda, std::vector<S>& R,
+// above rank_tol * max|R_ii| (numerically dependent).
+template <typename T>
+bool copy_r_and_check_rank(int64_t cols, const T* A, int64_t lda, std::vector<T>& R,
                            double rank_tol, int64_t& bad) {
   double rmax = 0;
   for (int64_t j = 0; j < cols; ++j) {
     for (int64_t i = 0; i <= j; ++i) R[i + j * cols] = A[i + j * lda];
-    rmax = std::max(rmax, std::abs(R[j + j * cols]));
+    rmax = std::max(rmax, static_cast<double>(std::abs(R[j + j * cols])));
   }
   for (int64_t j = 0; j < cols; ++j) {
     const double d = std::abs(R[j + j * cols]);
@@ -36,6 +110,13 @@ bool copy_r_and_check_rank(int64_t cols, const S* A, int64_t lda, std::vector<S>
   }
   return true;
 }
+
+// beta * y for an empty reduction (BLAS would leave y untouched).
+template <class T>
+void scale_only(int64_t len, T beta, T* y) {
+  for (int64_t i = 0; i < len; ++i) y[i] = beta == T(0) ? T(0) : beta * y[i];
+}
+
 }  // namespace
 
 void single_threaded_blas() {
@@ -46,161 +127,142 @@ void single_threaded_blas() {
   (void)once;
 }
 
-double nrm2(int64_t n, const double* x) { return scipy_cblas_dnrm2(I(n), x, 1); }
-void scal(int64_t n, double a, double* x) { scipy_cblas_dscal(I(n), a, x, 1); }
-void axpy(int64_t n, double a, const double* x, double* y) {
-  scipy_cblas_daxpy(I(n), a, x, 1, y, 1);
+template <class T>
+double nrm2(int64_t n, const T* x) {
+  return Lib<T>::nrm2(I(n), x, 1);
 }
 
-void gemv(bool trans, int64_t rows, int64_t cols, double alpha, const double* A, int64_t lda,
-          const double* x, double beta, double* y) {
-  if (rows == 0 || cols == 0) {
-    // BLAS would leave y untouched when the reduction is empty; make beta apply.
-    const int64_t len = trans ? cols : rows;
-    for (int64_t i = 0; i < len; ++i) y[i] = beta == 0.0 ? 0.0 : beta * y[i];
-    return;
-  }
-  scipy_cblas_dgemv(CblasColMajor, T(trans), I(rows), I(cols), alpha, A, I(lda), x, 1, beta, y, 1);
+template <class T>
+void scal(int64_t n, Same<T> a, T* x) {
+  Lib<T>::scal(I(n), S(a), x, 1);
 }
 
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* A,
-          int64_t lda, const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+template <class T>
+void axpy(int64_t n, Same<T> a, const T* x, T* y) {
+  Lib<T>::axpy(I(n), S(a), x, 1, y, 1);
+}
+
+template <class T>
+void gemv(bool trans, int64_t rows, int64_t cols, Same<T> alpha, const T* A, int64_t lda,
+          const T* x, Same<T> beta, T* y) {
+  if (rows == 0 || cols == 0) return scale_only(trans ? cols : rows, beta, y);
+  Lib<T>::gemv(CblasColMajor, Tr<T>(trans), I(rows), I(cols), S(alpha), A, I(lda), x, 1, S(beta),
+               y, 1);
+}
+
+template <class T>
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, Same<T> alpha, const T* A,
+          int64_t lda, const T* B, int64_t ldb, Same<T> beta, T* Cm, int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t i = 0; i < m; ++i) C[i + j * ldc] = beta == 0.0 ? 0.0 : beta * C[i + j * ldc];
+    for (int64_t j = 0; j < n; ++j) scale_only(m, beta, Cm + j * ldc);
     return;
   }
-  scipy_cblas_dgemm(CblasColMajor, T(ta), T(tb), I(m), I(n), I(k), alpha, A, I(lda), B, I(ldb),
-                    beta, C, I(ldc));
+  Lib<T>::gemm(CblasColMajor, Tr<T>(ta), Tr<T>(tb), I(m), I(n), I(k), S(alpha), A, I(lda), B,
+               I(ldb), S(beta), Cm, I(ldc));
 }
 
-void trsm_right_upper(int64_t rows, int64_t k, const double* R, int64_t ldr, double* B,
-                      int64_t ldb) {
+template <class T>
+void trsm_right_upper(int64_t rows, int64_t k, const T* R, int64_t ldr, T* B, int64_t ldb) {
   if (rows == 0 || k == 0) return;
-  scipy_cblas_dtrsm(CblasColMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, I(rows),
-                    I(k), 1.0, R, I(ldr), B, I(ldb));
+  const T one(1);
+  Lib<T>::trsm(CblasColMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, I(rows), I(k),
+               S(one), R, I(ldr), B, I(ldb));
 }
 
-void trsm_left_upper(int64_t k, int64_t cols, const double* R, int64_t ldr, double* B,
-                     int64_t ldb) {
+template <class T>
+void trsm_left_upper(int64_t k, int64_t cols, const T* R, int64_t ldr, T* B, int64_t ldb) {
   if (k == 0 || cols == 0) return;
-  scipy_cblas_dtrsm(CblasColMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, I(k),
-                    I(cols), 1.0, R, I(ldr), B, I(ldb));
+  const T one(1);
+  Lib<T>::trsm(CblasColMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, I(k), I(cols),
+               S(one), R, I(ldr), B, I(ldb));
 }
 
-bool geev(int64_t n, double* A, std::vector<double>& wr, std::vector<double>& wi,
-          std::vector<double>& vr) {
-  wr.assign(static_cast<size_t>(n), 0.0);
-  wi.assign(static_cast<size_t>(n), 0.0);
-  vr.assign(static_cast<size_t>(n * n), 0.0);
-  double vl_dummy = 0;
-  return scipy_LAPACKE_dgeev(LAPACK_COL_MAJOR, 'N', 'V', I(n), A, I(n), wr.data(), wi.data(),
-                             &vl_dummy, 1, vr.data(), I(n)) == 0;
-}
-
-bool qr(int64_t rows, int64_t cols, double* A, int64_t lda, std::vector<double>& R,
-        double rank_tol, int64_t& bad) {
-  bad = -1;
-  R.assign(static_cast<size_t>(cols * cols), 0.0);
-  if (cols == 0) return true;
-  std::vector<double> tau(static_cast<size_t>(cols));
-  if (scipy_LAPACKE_dgeqrf(LAPACK_COL_MAJOR, I(rows), I(cols), A, I(lda), tau.data()) != 0) {
-    return false;
-  }
-  if (!copy_r_and_check_rank(cols, A, lda, R, rank_tol, bad)) return false;
-  return scipy_LAPACKE_dorgqr(LAPACK_COL_MAJOR, I(rows), I(cols), I(cols), A, I(lda),
-                              tau.data()) == 0;
-}
-
-bool ggev(int64_t n, double* A, double* B, std::vector<double>& alphar,
-          std::vector<double>& alphai, std::vector<double>& beta, std::vector<double>& vr) {
-  alphar.assign(static_cast<size_t>(n), 0.0);
-  alphai.assign(static_cast<size_t>(n), 0.0);
-  beta.assign(static_cast<size_t>(n), 0.0);
-  vr.assign(static_cast<size_t>(n * n), 0.0);
-  double vl_dummy = 0;
-  return scipy_LAPACKE_dggev(LAPACK_COL_MAJOR, 'N', 'V', I(n), A, I(n), B, I(n), alphar.data(),
-                             alphai.data(), beta.data(), &vl_dummy, 1, vr.data(), I(n)) == 0;
-}
-
-// ---- complex128 -------------------------------------------------------------------------------
-
-namespace {
-inline CBLAS_TRANSPOSE C(bool t) { return t ? CblasConjTrans : CblasNoTrans; }
-inline lapack_complex_double* L(Z* p) { return reinterpret_cast<lapack_complex_double*>(p); }
-}  // namespace
-
-double nrm2(int64_t n, const Z* x) { return scipy_cblas_dznrm2(I(n), x, 1); }
-void scal(int64_t n, Z a, Z* x) { scipy_cblas_zscal(I(n), &a, x, 1); }
-void axpy(int64_t n, Z a, const Z* x, Z* y) { scipy_cblas_zaxpy(I(n), &a, x, 1, y, 1); }
-
-void gemv(bool trans, int64_t rows, int64_t cols, Z alpha, const Z* A, int64_t lda, const Z* x,
-          Z beta, Z* y) {
-  if (rows == 0 || cols == 0) {
-    const int64_t len = trans ? cols : rows;
-    for (int64_t i = 0; i < len; ++i) y[i] = beta == Z(0) ? Z(0) : beta * y[i];
-    return;
-  }
-  scipy_cblas_zgemv(CblasColMajor, C(trans), I(rows), I(cols), &alpha, A, I(lda), x, 1, &beta, y, 1);
-}
-
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, Z alpha, const Z* A, int64_t lda,
-          const Z* B, int64_t ldb, Z beta, Z* Cm, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  if (k == 0) {
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t i = 0; i < m; ++i) Cm[i + j * ldc] = beta == Z(0) ? Z(0) : beta * Cm[i + j * ldc];
-    return;
-  }
-  scipy_cblas_zgemm(CblasColMajor, C(ta), C(tb), I(m), I(n), I(k), &alpha, A, I(lda), B, I(ldb),
-                    &beta, Cm, I(ldc));
-}
-
-void trsm_right_upper(int64_t rows, int64_t k, const Z* R, int64_t ldr, Z* B, int64_t ldb) {
-  if (rows == 0 || k == 0) return;
-  const Z one(1.0);
-  scipy_cblas_ztrsm(CblasColMajor, CblasRight, CblasUpper, CblasNoTrans, CblasNonUnit, I(rows),
-                    I(k), &one, R, I(ldr), B, I(ldb));
-}
-
-void trsm_left_upper(int64_t k, int64_t cols, const Z* R, int64_t ldr, Z* B, int64_t ldb) {
-  if (k == 0 || cols == 0) return;
-  const Z one(1.0);
-  scipy_cblas_ztrsm(CblasColMajor, CblasLeft, CblasUpper, CblasNoTrans, CblasNonUnit, I(k),
-                    I(cols), &one, R, I(ldr), B, I(ldb));
-}
-
-bool geev(int64_t n, Z* A, std::vector<Z>& w, std::vector<Z>& vr) {
-  w.assign(static_cast<size_t>(n), Z(0));
-  vr.assign(static_cast<size_t>(n * n), Z(0));
-  Z vl_dummy(0);
-  return scipy_LAPACKE_zgeev(LAPACK_COL_MAJOR, 'N', 'V', I(n), L(A), I(n), L(w.data()),
-                             L(&vl_dummy), 1, L(vr.data()), I(n)) == 0;
-}
-
-bool qr(int64_t rows, int64_t cols, Z* A, int64_t lda, std::vector<Z>& R, double rank_tol,
+template <class T>
+bool qr(int64_t rows, int64_t cols, T* A, int64_t lda, std::vector<T>& R, double rank_tol,
         int64_t& bad) {
   bad = -1;
-  R.assign(static_cast<size_t>(cols * cols), Z(0));
+  R.assign(static_cast<size_t>(cols * cols), T(0));
   if (cols == 0) return true;
-  std::vector<Z> tau(static_cast<size_t>(cols));
-  if (scipy_LAPACKE_zgeqrf(LAPACK_COL_MAJOR, I(rows), I(cols), L(A), I(lda), L(tau.data())) != 0) {
-    return false;
-  }
+  std::vector<T> tau(static_cast<size_t>(cols));
+  if (Lib<T>::geqrf(LAPACK_COL_MAJOR, I(rows), I(cols), A, I(lda), tau.data()) != 0) return false;
   if (!copy_r_and_check_rank(cols, A, lda, R, rank_tol, bad)) return false;
-  return scipy_LAPACKE_zungqr(LAPACK_COL_MAJOR, I(rows), I(cols), I(cols), L(A), I(lda),
-                              L(tau.data())) == 0;
+  return Lib<T>::orgqr(LAPACK_COL_MAJOR, I(rows), I(cols), I(cols), A, I(lda), tau.data()) == 0;
 }
 
-bool ggev(int64_t n, Z* A, Z* B, std::vector<Z>& alpha, std::vector<Z>& beta, std::vector<Z>& vr) {
-  alpha.assign(static_cast<size_t>(n), Z(0));
-  beta.assign(static_cast<size_t>(n), Z(0));
-  vr.assign(static_cast<size_t>(n * n), Z(0));
-  Z vl_dummy(0);
-  return scipy_LAPACKE_zggev(LAPACK_COL_MAJOR, 'N', 'V', I(n), L(A), I(n), L(B), I(n),
-                             L(alpha.data()), L(beta.data()), L(&vl_dummy), 1, L(vr.data()),
-                             I(n)) == 0;
+template <class T>
+bool geev(int64_t n, T* A, std::vector<T>& wr, std::vector<T>& wi, std::vector<T>& vr) {
+  static_assert(!is_complex_v<T>);
+  wr.assign(static_cast<size_t>(n), T(0));
+  wi.assign(static_cast<size_t>(n), T(0));
+  vr.assign(static_cast<size_t>(n * n), T(0));
+  T vl_dummy = 0;
+  return Lib<T>::geev(LAPACK_COL_MAJOR, 'N', 'V', I(n), A, I(n), wr.data(), wi.data(), &vl_dummy,
+                      1, vr.data(), I(n)) == 0;
 }
+
+template <class T>
+bool geev(int64_t n, T* A, std::vector<T>& w, std::vector<T>& vr) {
+  static_assert(is_complex_v<T>);
+  w.assign(static_cast<size_t>(n), T(0));
+  vr.assign(static_cast<size_t>(n * n), T(0));
+  T vl_dummy(0);
+  return Lib<T>::geev(LAPACK_COL_MAJOR, 'N', 'V', I(n), A, I(n), w.data(), &vl_dummy, 1,
+                      vr.data(), I(n)) == 0;
+}
+
+template <class T>
+bool ggev(int64_t n, T* A, T* B, std::vector<T>& alphar, std::vector<T>& alphai,
+          std::vector<T>& beta, std::vector<T>& vr) {
+  static_assert(!is_complex_v<T>);
+  alphar.assign(static_cast<size_t>(n), T(0));
+  alphai.assign(static_cast<size_t>(n), T(0));
+  beta.assign(static_cast<size_t>(n), T(0));
+  vr.assign(static_cast<size_t>(n * n), T(0));
+  T vl_dummy = 0;
+  return Lib<T>::ggev(LAPACK_COL_MAJOR, 'N', 'V', I(n), A, I(n), B, I(n), alphar.data(),
+                      alphai.data(), beta.data(), &vl_dummy, 1, vr.data(), I(n)) == 0;
+}
+
+template <class T>
+bool ggev(int64_t n, T* A, T* B, std::vector<T>& alpha, std::vector<T>& beta, std::vector<T>& vr) {
+  static_assert(is_complex_v<T>);
+  alpha.assign(static_cast<size_t>(n), T(0));
+  beta.assign(static_cast<size_t>(n), T(0));
+  vr.assign(static_cast<size_t>(n * n), T(0));
+  T vl_dummy(0);
+  return Lib<T>::ggev(LAPACK_COL_MAJOR, 'N', 'V', I(n), A, I(n), B, I(n), alpha.data(),
+                      beta.data(), &vl_dummy, 1, vr.data(), I(n)) == 0;
+}
+
+#define FP_DENSE_ALL(T)                                                                           \
+  template double nrm2<T>(int64_t, const T*);                                                    \
+  template void scal<T>(int64_t, Same<T>, T*);                                                   \
+  template void axpy<T>(int64_t, Same<T>, const T*, T*);                                         \
+  template void gemv<T>(bool, int64_t, int64_t, Same<T>, const T*, int64_t, const T*, Same<T>,   \
+                        T*);                                                                     \
+  template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, Same<T>, const T*, int64_t,       \
+                        const T*, int64_t, Same<T>, T*, int64_t);                                \
+  template void trsm_right_upper<T>(int64_t, int64_t, const T*, int64_t, T*, int64_t);           \
+  template void trsm_left_upper<T>(int64_t, int64_t, const T*, int64_t, T*, int64_t);            \
+  template bool qr<T>(int64_t, int64_t, T*, int64_t, std::vector<T>&, double, int64_t&);
+FP_DENSE_ALL(float)
+FP_DENSE_ALL(double)
+FP_DENSE_ALL(C)
+FP_DENSE_ALL(Z)
+#undef FP_DENSE_ALL
+
+template bool geev<float>(int64_t, float*, std::vector<float>&, std::vector<float>&,
+                          std::vector<float>&);
+template bool geev<double>(int64_t, double*, std::vector<double>&, std::vector<double>&,
+                           std::vector<double>&);
+template bool geev<C>(int64_t, C*, std::vector<C>&, std::vector<C>&);
+template bool geev<Z>(int64_t, Z*, std::vector<Z>&, std::vector<Z>&);
+template bool ggev<float>(int64_t, float*, float*, std::vector<float>&, std::vector<float>&,
+                          std::vector<float>&, std::vector<float>&);
+template bool ggev<double>(int64_t, double*, double*, std::vector<double>&, std::vector<double>&,
+                           std::vector<double>&, std::vector<double>&);
+template bool ggev<C>(int64_t, C*, C*, std::vector<C>&, std::vector<C>&, std::vector<C>&);
+template bool ggev<Z>(int64_t, Z*, Z*, std::vector<Z>&, std::vector<Z>&, std::vector<Z>&);
 
 }  // namespace fastpaper::krylov::dense

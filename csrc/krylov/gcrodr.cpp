@@ -18,20 +18,45 @@ namespace fastpaper::krylov {
 namespace {
 
 using fastpaper::detail::fail;
+using detail::finite;
+using detail::is_complex_v;
+using detail::RealOf;
 using RVec = std::vector<double>;
 
-inline double conj_(double v) { return v; }
-inline Z conj_(const Z& v) { return std::conj(v); }
-inline bool finite(double v) { return std::isfinite(v); }
-inline bool finite(const Z& v) { return std::isfinite(v.real()) && std::isfinite(v.imag()); }
+template <class T>
+inline T conj_(const T& v) {
+  if constexpr (is_complex_v<T>) {
+    return std::conj(v);
+  } else {
+    return v;
+  }
+}
+
+// Thresholds relative to the working precision: a happy breakdown (the new Arnoldi direction is
+// this small relative to A v_j) and the rank tests of the QRs of A U (new system) and Ghat P
+// (harmonic update). Single precision resolves about 1e-7, double about 1e-16.
+template <class T>
+struct Tol {
+  static constexpr bool single = std::is_same_v<RealOf<T>, float>;
+  static constexpr double breakdown = single ? 1e-6 : 1e-14;
+  static constexpr double rank_new_system = single ? 1e-5 : 1e-12;
+  static constexpr double rank_harmonic = single ? 1e-4 : 1e-10;
+};
 
 struct SolveError {
   std::string message;
 };
 
+// Single precision runs mixed: the Krylov basis, the recycle space, A, M^{-1} and every BLAS call
+// are in T, while the iterate x and the true residual b - A x are kept in double (D), so each
+// restart cycle is one step of iterative refinement (GMRES-IR). The attainable residual is then
+// set by double, not by float32 (whose own floor is 1e-5..1e-4 on high-contrast PDEs), at the
+// single-precision cost per iteration. For double T, D = T and nothing changes.
 template <class T>
 class Solver {
   using Vec = std::vector<T>;
+  using Real = RealOf<T>;
+  using D = detail::WideOf<T>;
 
  public:
   Solver(const OperatorT<T>& A, detail::PrecondApply<T>& M, const Options& opt, Result& res,
@@ -43,11 +68,14 @@ class Solver {
   std::string run(const T* b, T* x, Recycle* rec, int32_t k) {
     const int64_t n = n_;
     const int32_t m = opt_.m;
-    res_.b_norm = dense::nrm2(n, b);
+    xd_.assign(x, x + n);
+    bd_.assign(b, b + n);
+    rd_.resize(static_cast<size_t>(n));
+    res_.b_norm = dense::nrm2(n, bd_.data());
     const double tol = std::max(opt_.rtol * res_.b_norm, opt_.atol);
     Vec r(static_cast<size_t>(n));
-    if (!residual(b, x, r.data())) return "A: callback failed";
-    double rnorm = dense::nrm2(n, r.data());
+    if (!residual(r.data())) return "A: callback failed";
+    double rnorm = dense::nrm2(n, rd_.data());
     push(rnorm);
     if (!std::isfinite(rnorm)) return "A produced non-finite values";
 
@@ -77,7 +105,7 @@ class Solver {
         dense::gemv(false, n, kc, -1.0, W_.data(), n, c.data(), 1.0, r.data());
         Vec z(static_cast<size_t>(n));
         dense::gemv(false, n, kc, 1.0, rec->template vec<T>().data(), n, c.data(), 0.0, z.data());
-        if (!update_x(z.data(), x)) return "M: callback failed";
+        if (!update_x(z.data())) return "M: callback failed";
         rnorm = dense::nrm2(n, r.data());
         r_true = false;
         if (rnorm <= tol) break;  // converged on range(U) alone; checked against b - A x below
@@ -99,11 +127,11 @@ class Solver {
         dense::gemv(false, kc, p, 1.0, B.data(), kc, y.data(), 0.0, By.data());
         dense::gemv(false, n, kc, -1.0, rec->template vec<T>().data(), n, By.data(), 1.0, z.data());
       }
-      if (!update_x(z.data(), x)) return "M: callback failed";
+      if (!update_x(z.data())) return "M: callback failed";
       if (recycling && p > 0) kc = harmonic_update(*rec, kc, p, Hbar, B, k);
       ++res_.cycles;
-      if (!residual(b, x, r.data())) return "A: callback failed";
-      rnorm = dense::nrm2(n, r.data());
+      if (!residual(r.data())) return "A: callback failed";
+      rnorm = dense::nrm2(n, rd_.data());
       r_true = true;
       push(rnorm);
       if (!std::isfinite(rnorm)) return "A or M produced non-finite values";
@@ -116,9 +144,10 @@ class Solver {
     }
     // The final, true residual.
     if (!r_true) {
-      if (!residual(b, x, r.data())) return "A: callback failed";
-      rnorm = dense::nrm2(n, r.data());
+      if (!residual(r.data())) return "A: callback failed";
+      rnorm = dense::nrm2(n, rd_.data());
     }
+    for (int64_t i = 0; i < n; ++i) x[i] = static_cast<T>(xd_[i]);
     res_.residual_norm = rnorm;
     res_.converged = res_.residual_norm <= tol ? 1 : 0;
     res_.recycle_dim = rec ? rec->dim : 0;
@@ -136,14 +165,31 @@ class Solver {
   }
   // y = A M^{-1} v
   bool amv(const T* v, T* y) { return M_.apply(v, tmp_.data()) && matvec(tmp_.data(), y); }
-  bool residual(const T* b, const T* x, T* r) {
-    if (!matvec(x, r)) return false;
-    for (int64_t i = 0; i < n_; ++i) r[i] = b[i] - r[i];
+  // rd = b - A x in D, and r = rd rounded to T (the next Arnoldi start).
+  bool residual(T* r) {
+    if (A_.csr) {
+      ++res_.matvecs;
+      detail::csr_matvec(*A_.csr, xd_.data(), rd_.data());
+    } else {
+      // A user callback works in T: the residual is as accurate as its product.
+      for (int64_t i = 0; i < n_; ++i) tmp_[i] = static_cast<T>(xd_[i]);
+      if (!matvec(tmp_.data(), r)) return false;
+      for (int64_t i = 0; i < n_; ++i) rd_[i] = static_cast<D>(r[i]);
+    }
+    for (int64_t i = 0; i < n_; ++i) {
+      rd_[i] = bd_[i] - rd_[i];
+      r[i] = static_cast<T>(rd_[i]);
+    }
     return true;
   }
-  bool update_x(const T* z, T* x) {
+  // x <- x + M^{-1} z, accumulated in D.
+  bool update_x(const T* z) {
     if (!M_.apply(z, tmp_.data())) return false;
-    dense::axpy(n_, 1.0, tmp_.data(), x);
+    if constexpr (std::is_same_v<D, T>) {
+      dense::axpy(n_, 1.0, tmp_.data(), xd_.data());
+    } else {
+      for (int64_t i = 0; i < n_; ++i) xd_[i] += static_cast<D>(tmp_[i]);
+    }
     return true;
   }
   void push(double v) {
@@ -164,7 +210,7 @@ class Solver {
       }
       Vec R;
       int64_t bad = -1;
-      if (dense::qr(n, kc, W_.data(), n, R, 1e-12, bad)) {
+      if (dense::qr(n, kc, W_.data(), n, R, Tol<T>::rank_new_system, bad)) {
         dense::trsm_right_upper(n, kc, R.data(), kc, U.data(), n);
         break;
       }
@@ -188,11 +234,11 @@ class Solver {
     Hbar.assign(static_cast<size_t>(ldh * m), T(0));
     B.assign(static_cast<size_t>(std::max<int64_t>(kc, 1) * m), T(0));
     Vec R(static_cast<size_t>(ldh * m), T(0));  // Hbar after the Givens rotations
-    RVec cs(static_cast<size_t>(m));             // rotations [[c, s], [-conj(s), c]], c real
+    std::vector<Real> cs(static_cast<size_t>(m));  // rotations [[c, s], [-conj(s), c]], c real
     Vec sn(static_cast<size_t>(m)), g(static_cast<size_t>(m + 1), T(0));
     Vec h(static_cast<size_t>(kc + m + 1)), h2(h.size());
     T* V = W_.data() + kc * n;
-    for (int64_t i = 0; i < n; ++i) V[i] = r[i] / beta;
+    for (int64_t i = 0; i < n; ++i) V[i] = r[i] / static_cast<Real>(beta);
     g[0] = beta;
     p = 0;
     for (int64_t j = 0; j < pmax; ++j) {
@@ -212,7 +258,7 @@ class Solver {
       double hn = dense::nrm2(n, w);
       // Happy breakdown: the new direction vanished relative to A v_j; the Krylov space is
       // invariant and the least-squares solution below is exact on it.
-      if (!(hn > 1e-14 * w0) || w0 == 0.0) {
+      if (!(hn > Tol<T>::breakdown * w0) || w0 == 0.0) {
         broke = true;
         hn = 0.0;
         std::fill(w, w + n, T(0));
@@ -229,8 +275,8 @@ class Solver {
       }
       // New rotation: c = |a| / d, s = (a / |a|) conj(b) / d maps (a, b) to ((a / |a|) d, 0).
       const T a = R[j + j * ldh], c = R[j + 1 + j * ldh];
-      const double aa = std::abs(a);
-      const double d = std::hypot(aa, std::abs(c));
+      const Real aa = std::abs(a);
+      const Real d = std::hypot(aa, static_cast<Real>(std::abs(c)));
       if (d == 0.0) {
         cs[j] = 1.0;
         sn[j] = T(0);
@@ -277,8 +323,8 @@ class Solver {
     const int64_t mm = kc + p;
     const int64_t ld = mm + 1;
     Vec& U = rec.template vec<T>();
-    RVec D(static_cast<size_t>(kc));
-    for (int32_t i = 0; i < kc; ++i) D[i] = 1.0 / dense::nrm2(n, U.data() + i * n);
+    std::vector<Real> D(static_cast<size_t>(kc));
+    for (int32_t i = 0; i < kc; ++i) D[i] = static_cast<Real>(1.0 / dense::nrm2(n, U.data() + i * n));
     Vec G(static_cast<size_t>(ld * mm), T(0));
     for (int32_t i = 0; i < kc; ++i) G[i + i * ld] = D[i];
     for (int64_t j = 0; j < p; ++j) {
@@ -302,7 +348,7 @@ class Solver {
     {
       Vec Gq = G, Rg;
       int64_t bad = -1;
-      if (dense::qr(ld, mm, Gq.data(), ld, Rg, 1e-12, bad)) {
+      if (dense::qr(ld, mm, Gq.data(), ld, Rg, Tol<T>::rank_new_system, bad)) {
         dense::gemm(true, false, mm, mm, ld, 1.0, Gq.data(), ld, VW.data(), ld, 0.0, Mx.data(), mm);
         dense::trsm_left_upper(mm, mm, Rg.data(), mm, Mx.data(), mm);
         reduced = true;
@@ -321,21 +367,24 @@ class Solver {
     const int64_t target = std::min<int64_t>({static_cast<int64_t>(k), m - 1, mm});
     Vec P;
     int64_t knew = 0;
-    if constexpr (std::is_same_v<T, double>) {
-      RVec mag(static_cast<size_t>(mm)), im(static_cast<size_t>(mm)), vr;
+    if constexpr (!is_complex_v<T>) {
+      RVec mag(static_cast<size_t>(mm)), im(static_cast<size_t>(mm));
+      Vec vr;
       if (reduced) {
-        RVec wr, wi;
+        Vec wr, wi;
         if (!dense::geev(mm, Mx.data(), wr, wi, vr)) return kc;
         for (int64_t i = 0; i < mm; ++i) {
-          const double a = std::hypot(wr[i], wi[i]);
+          const double a = std::hypot(static_cast<double>(wr[i]), static_cast<double>(wi[i]));
           mag[i] = a > 0 ? 1.0 / a : inf;  // |theta| = 1 / |mu|
           im[i] = wi[i];
         }
       } else {
-        RVec ar, ai, be;
+        Vec ar, ai, be;
         if (!dense::ggev(mm, Ag.data(), Bg.data(), ar, ai, be, vr)) return kc;
         for (int64_t i = 0; i < mm; ++i) {
-          mag[i] = be[i] != 0.0 ? std::hypot(ar[i], ai[i]) / std::abs(be[i]) : inf;
+          mag[i] = be[i] != T(0) ? std::hypot(static_cast<double>(ar[i]), static_cast<double>(ai[i])) /
+                                       std::abs(static_cast<double>(be[i]))
+                                 : inf;
           im[i] = ai[i];
         }
       }
@@ -370,12 +419,15 @@ class Solver {
       if (reduced) {
         Vec w;
         if (!dense::geev(mm, Mx.data(), w, vr)) return kc;
-        for (int64_t i = 0; i < mm; ++i) mag[i] = std::abs(w[i]) > 0 ? 1.0 / std::abs(w[i]) : inf;
+        for (int64_t i = 0; i < mm; ++i) {
+          const double a = std::abs(w[i]);
+          mag[i] = a > 0 ? 1.0 / a : inf;
+        }
       } else {
         Vec al, be;
         if (!dense::ggev(mm, Ag.data(), Bg.data(), al, be, vr)) return kc;
         for (int64_t i = 0; i < mm; ++i)
-          mag[i] = be[i] != T(0) ? std::abs(al[i]) / std::abs(be[i]) : inf;
+          mag[i] = be[i] != T(0) ? static_cast<double>(std::abs(al[i])) / std::abs(be[i]) : inf;
       }
       std::vector<int64_t> order = by_magnitude(mm, [&](int64_t i) { return mag[i]; });
       knew = std::min<int64_t>(target, static_cast<int64_t>(order.size()));
@@ -389,7 +441,7 @@ class Solver {
       GP.assign(static_cast<size_t>(ld * knew), T(0));
       dense::gemm(false, false, ld, knew, mm, 1.0, G.data(), ld, P.data(), mm, 0.0, GP.data(), ld);
       int64_t bad = -1;
-      if (dense::qr(ld, knew, GP.data(), ld, R, 1e-10, bad)) break;
+      if (dense::qr(ld, knew, GP.data(), ld, R, Tol<T>::rank_harmonic, bad)) break;
       if (bad < 0) return kc;
       P.erase(P.begin() + bad * mm, P.begin() + (bad + 1) * mm);
       --knew;
@@ -414,7 +466,7 @@ class Solver {
     U = std::move(Un);
     rec.dim = static_cast<int32_t>(knew);
     rec.n = n;
-    rec.is_complex = !std::is_same_v<T, double>;
+    rec.kind = detail::ScalarOf<T>::kind;
     return rec.dim;
   }
 
@@ -440,6 +492,7 @@ class Solver {
   int64_t n_;
   Vec tmp_;
   Vec W_;
+  std::vector<D> xd_, bd_, rd_;  // x, b and b - A x in D
 };
 
 template <class T>
@@ -488,12 +541,12 @@ Status solve(const OperatorT<T>& A, const PreconditionerT<T>& M, const T* b, T* 
   if (n > 0 && (b == nullptr || x == nullptr)) return fail(Status::invalid_argument, "null b or x");
   if (!all_finite(b, n)) return fail(Status::invalid_argument, "b contains NaN or infinity");
   if (!all_finite(x, n)) return fail(Status::invalid_argument, "x0 contains NaN or infinity");
-  constexpr bool is_complex = !std::is_same_v<T, double>;
-  if (rec && rec->dim > 0 && rec->is_complex != is_complex) {
+  constexpr Scalar kind = detail::ScalarOf<T>::kind;
+  if (rec && rec->dim > 0 && rec->kind != kind) {
     return fail(Status::invalid_argument, std::string("recycle: the space holds ") +
-                                              (rec->is_complex ? "complex" : "real") +
+                                              detail::scalar_name(rec->kind) +
                                               " vectors, this system is " +
-                                              (is_complex ? "complex" : "real"));
+                                              detail::scalar_name(kind));
   }
   if (rec && rec->dim > 0 && rec->n != n) {
     return fail(Status::invalid_argument, "recycle: the space was built for n = " +
@@ -516,30 +569,24 @@ Status solve(const OperatorT<T>& A, const PreconditionerT<T>& M, const T* b, T* 
 
 }  // namespace
 
-Status gcrodr(const Operator& A, const Preconditioner& M, const double* b, double* x,
-              const Options& opt, Recycle* recycle, Result* result, double* history,
-              int64_t history_capacity) {
-  // Without a caller's space, a local one still deflates across the restarts of this solve.
-  Recycle local;
-  return solve(A, M, b, x, opt, recycle ? recycle : &local, opt.k, result, history,
-               history_capacity);
-}
-
-Status gcrodr(const OperatorZ& A, const PreconditionerZ& M, const Z* b, Z* x, const Options& opt,
-              Recycle* recycle, Result* result, double* history, int64_t history_capacity) {
-  Recycle local;
-  return solve(A, M, b, x, opt, recycle ? recycle : &local, opt.k, result, history,
-               history_capacity);
-}
-
-Status gmres(const Operator& A, const Preconditioner& M, const double* b, double* x,
-             const Options& opt, Result* result, double* history, int64_t history_capacity) {
-  return solve(A, M, b, x, opt, nullptr, 0, result, history, history_capacity);
-}
-
-Status gmres(const OperatorZ& A, const PreconditionerZ& M, const Z* b, Z* x, const Options& opt,
-             Result* result, double* history, int64_t history_capacity) {
-  return solve(A, M, b, x, opt, nullptr, 0, result, history, history_capacity);
-}
+// One overload per scalar type of the public API.
+#define FP_KRYLOV_ENTRY(T)                                                                       \
+  Status gcrodr(const OperatorT<T>& A, const PreconditionerT<T>& M, const T* b, T* x,            \
+                const Options& opt, Recycle* recycle, Result* result, double* history,           \
+                int64_t history_capacity) {                                                      \
+    /* Without a caller's space, a local one still deflates across the restarts of this solve. */\
+    Recycle local;                                                                               \
+    return solve(A, M, b, x, opt, recycle ? recycle : &local, opt.k, result, history,            \
+                 history_capacity);                                                              \
+  }                                                                                              \
+  Status gmres(const OperatorT<T>& A, const PreconditionerT<T>& M, const T* b, T* x,             \
+               const Options& opt, Result* result, double* history, int64_t history_capacity) {  \
+    return solve(A, M, b, x, opt, nullptr, 0, result, history, history_capacity);                \
+  }
+FP_KRYLOV_ENTRY(float)
+FP_KRYLOV_ENTRY(double)
+FP_KRYLOV_ENTRY(C)
+FP_KRYLOV_ENTRY(Z)
+#undef FP_KRYLOV_ENTRY
 
 }  // namespace fastpaper::krylov

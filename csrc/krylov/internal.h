@@ -1,8 +1,9 @@
 // Internal pieces of the Krylov solver shared by the files in csrc/krylov/: validated operators
-// (A and M^{-1} behind one calling convention) and the recycle space. T is double or
-// std::complex<double>.
+// (A and M^{-1} behind one calling convention), the recycle space and the scalar traits. T is
+// float, double, std::complex<float> or std::complex<double>.
 #pragma once
 
+#include <cmath>
 #include <complex>
 #include <cstdint>
 #include <memory>
@@ -15,21 +16,81 @@
 namespace fastpaper::krylov {
 
 using Z = std::complex<double>;
+using C = std::complex<float>;
+
+namespace detail {
+
+// Real type and Scalar tag of each solver scalar.
+template <class T>
+struct ScalarOf;
+template <>
+struct ScalarOf<float> {
+  using Real = float;
+  static constexpr Scalar kind = Scalar::float32;
+};
+template <>
+struct ScalarOf<double> {
+  using Real = double;
+  static constexpr Scalar kind = Scalar::float64;
+};
+template <>
+struct ScalarOf<C> {
+  using Real = float;
+  static constexpr Scalar kind = Scalar::complex64;
+};
+template <>
+struct ScalarOf<Z> {
+  using Real = double;
+  static constexpr Scalar kind = Scalar::complex128;
+};
+template <class T>
+using RealOf = typename ScalarOf<T>::Real;
+// The double-precision type of the same kind, in which solutions and residuals are accumulated.
+template <class T>
+using WideOf = std::conditional_t<std::is_same_v<T, float>, double,
+                                  std::conditional_t<std::is_same_v<T, C>, Z, T>>;
+template <class T>
+inline constexpr bool is_complex_v = !std::is_same_v<T, RealOf<T>>;
+
+template <class T>
+inline bool finite(const T& v) {
+  if constexpr (is_complex_v<T>) {
+    return std::isfinite(v.real()) && std::isfinite(v.imag());
+  } else {
+    return std::isfinite(v);
+  }
+}
+
+const char* scalar_name(Scalar s);
+
+}  // namespace detail
 
 struct Recycle {
   int64_t n = 0;
   int32_t dim = 0;
-  bool is_complex = false;  // which of u / uz holds U
-  std::vector<double> u;    // n x dim, column-major
-  std::vector<Z> uz;
+  Scalar kind = Scalar::float64;  // which vector below holds U (n x dim, column-major)
+  std::vector<float> u32;
+  std::vector<double> u64;
+  std::vector<C> c64;
+  std::vector<Z> c128;
 
   template <class T>
   std::vector<T>& vec() {
-    if constexpr (std::is_same_v<T, double>) {
-      return u;
+    if constexpr (std::is_same_v<T, float>) {
+      return u32;
+    } else if constexpr (std::is_same_v<T, double>) {
+      return u64;
+    } else if constexpr (std::is_same_v<T, C>) {
+      return c64;
     } else {
-      return uz;
+      return c128;
     }
+  }
+  void clear() {
+    u32.clear();
+    u64.clear();
+    c64.clear();
+    c128.clear();
   }
 };
 
@@ -40,9 +101,10 @@ namespace detail {
 template <class T>
 std::string check_csr(const Csr<T>& A);
 
-// y = A x (OpenMP over rows for large matrices). A must have passed check_csr.
-template <class T>
-void csr_matvec(const Csr<T>& A, const T* x, T* y);
+// y = A x (OpenMP over rows for large matrices). A must have passed check_csr. X is T, or
+// WideOf<T> to accumulate a single-precision matrix's product with a double vector in double.
+template <class T, class X = T>
+void csr_matvec(const Csr<T>& A, const X* x, X* y);
 
 // A right preconditioner prepared for one operator: y = M^{-1} x.
 template <class T>

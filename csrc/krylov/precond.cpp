@@ -79,11 +79,6 @@ class Ilu0 final : public PrecondApply<T> {
   std::vector<int64_t> diag_;
 };
 
-inline bool finite(double v) { return std::isfinite(v); }
-inline bool finite(const std::complex<double>& v) {
-  return std::isfinite(v.real()) && std::isfinite(v.imag());
-}
-
 template <class I, class T>
 void copy_pattern(const Csr<T>& A, std::vector<int64_t>& p, std::vector<int64_t>& j) {
   const I* ip = static_cast<const I*>(A.indptr);
@@ -190,11 +185,13 @@ std::unique_ptr<PrecondApply<T>> make_precond(const OperatorT<T>& A, const Preco
   return nullptr;
 }
 
-template std::unique_ptr<PrecondApply<double>> make_precond(const OperatorT<double>&,
-                                                            const PreconditionerT<double>&,
-                                                            std::string&);
-template std::unique_ptr<PrecondApply<std::complex<double>>> make_precond(
-    const OperatorT<std::complex<double>>&, const PreconditionerT<std::complex<double>>&,
-    std::string&);
+#define FP_PRECOND_ALL(T)                                                                  \
+  template std::unique_ptr<PrecondApply<T>> make_precond(const OperatorT<T>&,            \
+                                                         const PreconditionerT<T>&, std::string&);
+FP_PRECOND_ALL(float)
+FP_PRECOND_ALL(double)
+FP_PRECOND_ALL(C)
+FP_PRECOND_ALL(Z)
+#undef FP_PRECOND_ALL
 
 }  // namespace fastpaper::krylov::detail

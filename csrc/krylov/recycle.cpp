@@ -22,18 +22,36 @@ void recycle_destroy(Recycle* r) { delete r; }
 
 int64_t recycle_n(const Recycle* r) { return r ? r->n : 0; }
 int32_t recycle_dim(const Recycle* r) { return r ? r->dim : 0; }
-bool recycle_is_complex(const Recycle* r) { return r && r->is_complex; }
+bool recycle_is_complex(const Recycle* r) {
+  return r && (r->kind == Scalar::complex64 || r->kind == Scalar::complex128);
+}
+Scalar recycle_scalar(const Recycle* r) { return r ? r->kind : Scalar::float64; }
+
+const char* detail::scalar_name(Scalar s) {
+  switch (s) {
+    case Scalar::float32:
+      return "float32";
+    case Scalar::float64:
+      return "float64";
+    case Scalar::complex64:
+      return "complex64";
+    case Scalar::complex128:
+      return "complex128";
+  }
+  return "unknown";
+}
 
 namespace {
 
-inline bool finite(double v) { return std::isfinite(v); }
-inline bool finite(const Z& v) { return std::isfinite(v.real()) && std::isfinite(v.imag()); }
+using detail::finite;
 
 template <class T>
 Status get_t(const Recycle* r, T* out) {
   if (r == nullptr) return fail(Status::invalid_argument, "null recycle space");
-  if (r->dim > 0 && r->is_complex != !std::is_same_v<T, double>) {
-    return fail(Status::invalid_argument, "recycle: asked for the wrong scalar type");
+  if (r->dim > 0 && r->kind != detail::ScalarOf<T>::kind) {
+    return fail(Status::invalid_argument, std::string("recycle: the space holds ") +
+                                              detail::scalar_name(r->kind) + " vectors, asked for " +
+                                              detail::scalar_name(detail::ScalarOf<T>::kind));
   }
   if (r->dim > 0 && out == nullptr) return fail(Status::invalid_argument, "null output buffer");
   const auto& v = const_cast<Recycle*>(r)->vec<T>();
@@ -52,18 +70,21 @@ Status set_t(Recycle* r, int64_t n, int32_t dim, const T* u) {
   }
   r->n = n;
   r->dim = dim;
-  r->is_complex = !std::is_same_v<T, double>;
-  r->u.clear();
-  r->uz.clear();
+  r->kind = detail::ScalarOf<T>::kind;
+  r->clear();
   r->vec<T>().assign(u, u + size);
   return fastpaper::detail::succeed();
 }
 
 }  // namespace
 
+Status recycle_get(const Recycle* r, float* out) { return get_t(r, out); }
 Status recycle_get(const Recycle* r, double* out) { return get_t(r, out); }
+Status recycle_get(const Recycle* r, C* out) { return get_t(r, out); }
 Status recycle_get(const Recycle* r, Z* out) { return get_t(r, out); }
+Status recycle_set(Recycle* r, int64_t n, int32_t dim, const float* u) { return set_t(r, n, dim, u); }
 Status recycle_set(Recycle* r, int64_t n, int32_t dim, const double* u) { return set_t(r, n, dim, u); }
+Status recycle_set(Recycle* r, int64_t n, int32_t dim, const C* u) { return set_t(r, n, dim, u); }
 Status recycle_set(Recycle* r, int64_t n, int32_t dim, const Z* u) { return set_t(r, n, dim, u); }
 
 }  // namespace fastpaper::krylov

@@ -1,5 +1,6 @@
-"""The ``fastpaper`` command: ``info`` (build and machine), ``demo`` (each area's main job) and
-``krylov generate`` (PDE data generation with recycling)."""
+"""The ``fastpaper`` command: ``info`` (build and machine), ``demo`` (each area's main job),
+``krylov generate`` (PDE data generation with recycling), ``moe train`` (M3ViT on procedural
+scenes) and ``hls estimate`` / ``hls bundle`` (the M3ViT MoE FPGA design)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def _cmd_krylov_generate(args: argparse.Namespace) -> int:
                            precond=None if args.precond == "none" else args.precond,
                            maxiter=args.maxiter, chunk_size=args.chunk_size,
                            scheduler=args.scheduler, progress=not args.no_progress,
-                           stop_after=args.stop_after)
+                           stop_after=args.stop_after, precision=args.precision)
     except ValueError as e:
         print(f"fastpaper krylov generate: {e}", file=sys.stderr)
         return 2
@@ -117,6 +118,8 @@ def _add_krylov(sub) -> None:
     g.add_argument("--rtol", type=float, default=1e-8)
     g.add_argument("--precond", choices=("none", "jacobi", "ilu0"), default="none")
     g.add_argument("--maxiter", type=int, default=None)
+    g.add_argument("--precision", choices=("double", "single"), default="double",
+                   help="single: float32/complex64 systems and solutions (mixed-precision solver)")
     g.add_argument("--chunk-size", type=int, default=None,
                    help="systems per recycling chunk of the sorted sequence (default: all)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -177,6 +180,78 @@ def _add_moe(sub) -> None:
     g.set_defaults(func=_cmd_moe_train)
 
 
+def _cmd_hls_estimate(args: argparse.Namespace) -> int:
+    from . import moe_hls
+
+    tiles = dict(tt=args.tt, ti=args.ti, clock_mhz=args.clock_mhz, layers=args.layers)
+    try:
+        csim = None
+        if args.csim:
+            with open(args.csim) as f:
+                csim = json.load(f)
+            est = moe_hls.estimate_for_csim(csim, clock_mhz=args.clock_mhz, layers=args.layers)
+        else:
+            est = moe_hls.estimate(n_tokens=args.tokens, dim=args.dim, hidden=args.hidden,
+                                   experts=args.experts, k=args.k, **tiles)
+    except (ValueError, OSError, KeyError) as e:
+        print(f"fastpaper hls estimate: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(est, indent=2) if args.json else moe_hls.format_estimate(est, csim))
+    return 0
+
+
+def _cmd_hls_bundle(args: argparse.Namespace) -> int:
+    from . import moe_hls
+
+    try:
+        manifest = moe_hls.bundle(args.model, args.out, layers=args.layer, n_tokens=args.tokens,
+                                  max_tokens=args.max_tokens, tasks=args.task, seed=args.seed)
+    except (ValueError, OSError, TypeError) as e:
+        print(f"fastpaper hls bundle: {e}", file=sys.stderr)
+        return 2
+    hw = manifest["hardware"]
+    print(f"wrote {args.out}: {len(manifest['layers'])} MoE layers (D={hw['D']} H={hw['H']} "
+          f"E={hw['E']} k={hw['K']}, MAX_N={hw['MAX_N']}), {len(manifest['files'])} files; "
+          f"next: cd {args.out} && vitis_hls -f run_hls.tcl")
+    return 0
+
+
+def _add_hls(sub) -> None:
+    p = sub.add_parser("hls", help="M3ViT MoE FPGA design: estimate, Vitis bundle",
+                       description="The M3ViT MoE layer as a Vitis HLS design for the ZCU104.")
+    hsub = p.add_subparsers(dest="hls_command", metavar="VERB", required=True)
+    e = hsub.add_parser("estimate", help="cycles, DRAM traffic and resources per layer and image",
+                        description="Cycle and resource model of the HLS design (loop trip counts "
+                                    "and initiation intervals) for the expert-by-expert design "
+                                    "and the token-by-token baseline; with --csim, at a "
+                                    "C-simulation's sizes, next to its measured traffic.")
+    e.add_argument("--tokens", type=int, default=1201, help="tokens per image (default 1201)")
+    e.add_argument("--dim", type=int, default=384)
+    e.add_argument("--hidden", type=int, default=384)
+    e.add_argument("--experts", type=int, default=16)
+    e.add_argument("--k", type=int, default=4)
+    e.add_argument("--layers", type=int, default=6, help="MoE layers per image")
+    e.add_argument("--clock-mhz", type=float, default=200.0)
+    e.add_argument("--tt", type=int, default=8, help="tokens per MAC-array pass")
+    e.add_argument("--ti", type=int, default=8, help="input lanes of the MAC array")
+    e.add_argument("--csim", metavar="RESULT.json", help="a testbench result (csim_result.json)")
+    e.add_argument("--json", action="store_true", help="print JSON")
+    e.set_defaults(func=_cmd_hls_estimate)
+    b = hsub.add_parser("bundle", help="sources, tcl, weights and test vectors for Vitis HLS",
+                        description="Write the HLS sources, run_hls.tcl, vivado_bd.tcl, the "
+                                    "model's MoE layers and test vectors, and a manifest into "
+                                    "OUT, ready for `vitis_hls -f run_hls.tcl`.")
+    b.add_argument("--model", required=True, metavar="CKPT", help="M3ViT checkpoint")
+    b.add_argument("--out", required=True, metavar="DIR")
+    b.add_argument("--tokens", type=int, default=64, help="tokens in the test vectors")
+    b.add_argument("--max-tokens", type=int, default=None,
+                   help="MAX_N of the design (default: the model's tokens per image)")
+    b.add_argument("--layer", type=int, action="append", help="MoE layer (repeatable; default all)")
+    b.add_argument("--task", type=int, action="append", help="task id (repeatable; default all)")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=_cmd_hls_bundle)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastpaper",
@@ -204,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
     _add_krylov(sub)
     _add_moe(sub)
+    _add_hls(sub)
     return parser
 
 

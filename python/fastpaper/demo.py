@@ -293,6 +293,60 @@ def krylov_section(config: DemoConfig) -> dict:
     }
 
 
+# --------------------------------------------------------------------------------------------- rnn
+
+def rnn_section(config: DemoConfig) -> dict:
+    """fastpaper.nn.LSTM / GRU with torch's weights loaded vs torch.nn.LSTM / GRU, and the
+    multi-head sLSTM (FlashRNN-style fused recurrence)."""
+    import torch
+
+    from .nn import GRU, LSTM, SLSTM
+
+    b, t, h = (4, 64, 64) if config.small else (16, 256, 256)
+    g = torch.Generator().manual_seed(config.seed)
+    x = torch.randn(b, t, h, generator=g).to(config.device)
+    rows = []
+    with torch.no_grad():
+        for ours, ref_cls, heads in ((LSTM, torch.nn.LSTM, 1), (GRU, torch.nn.GRU, 1),
+                                     (SLSTM, None, 4)):
+            torch.manual_seed(config.seed)
+            mod = ours(h, h, num_heads=heads).to(config.device)
+            row = {"module": f"{ours.__name__} {heads}x{h // heads}",
+                   "fastpaper_ms": time_ms(lambda: mod(x), config.device)}
+            if ref_cls is not None:
+                ref = ref_cls(h, h, batch_first=True).to(config.device)
+                mod.load_state_dict(ref.state_dict())
+                row["max_abs_diff"] = float((mod(x)[0] - ref(x)[0]).abs().max())
+                row["torch_ms"] = time_ms(lambda: ref(x), config.device)
+            else:  # no torch counterpart: check step() against the full sequence instead
+                st, ys = None, []
+                for s in range(t):
+                    y, st = mod.step(x[:, s], st)
+                    ys.append(y)
+                row["max_abs_diff"] = float((torch.stack(ys, 1) - mod(x)[0]).abs().max())
+                row["torch_ms"] = float("nan")
+            rows.append(row)
+    return {
+        "name": "rnn",
+        "title": "FlashRNN (2024): fused multi-head LSTM / GRU / sLSTM recurrences",
+        "description": (f"float32 x [{b}, {t}, {h}] -> hidden {h} on {config.device}, forward; "
+                        "LSTM/GRU load torch.nn's weights (max |diff| against torch.nn); the "
+                        "sLSTM row compares step() token by token with the full sequence."),
+        "tables": [
+            {"title": "forward: fastpaper.nn vs torch.nn",
+             "columns": [
+                 ["module", "module", "s"],
+                 ["fastpaper_ms", "fastpaper ms", ".2f"],
+                 ["torch_ms", "torch.nn ms", ".2f"],
+                 ["max_abs_diff", "max |diff|", ".1e"],
+             ],
+             "rows": rows},
+        ],
+        "notes": ["bench/bench_rnn.py adds fwd+bwd, a plain PyTorch loop and the flashrnn "
+                  "package (when importable)."],
+    }
+
+
 # --------------------------------------------------------------------------------------------- moe
 
 def moe_section(config: DemoConfig) -> dict:
@@ -378,6 +432,7 @@ SECTIONS: list[tuple[str, Callable[[DemoConfig], dict]]] = [
     ("bfp", bfp_section),
     ("pararnn", pararnn_section),
     ("krylov", krylov_section),
+    ("rnn", rnn_section),
     ("moe", moe_section),
 ]
 

@@ -3,7 +3,8 @@
 Store layout (``zarr`` >= 3, one chunk per sample so that every write is independent):
 
 * ``params``    (count, grid, grid) float64 -- the sampled parameter (sample i from seed and i)
-* ``solutions`` (count, grid-2, grid-2) float64 (complex128 for helmholtz) -- interior solution
+* ``solutions`` (count, grid-2, grid-2) float64 (complex128 for helmholtz; float32 / complex64 with
+  ``precision="single"``) -- interior solution
 * ``stats``     (count, 6) float64 -- iterations, matvecs, relative residual, converged, seconds,
   position in the solve order
 * ``order``     (count,) int64 -- the solve order (from :func:`fastpaper.krylov.sort_systems`)
@@ -21,8 +22,11 @@ Resuming. Progress is committed after every sample (the chunk's progress file is
 after the sample's arrays are written), so a killed run loses at most the samples in flight;
 rerunning the same command skips what is committed and never writes a sample twice (writes go to
 sample i's own chunk). Samples are drawn from ``default_rng([seed, i])``, so a resumed run has
-exactly the inputs of an uninterrupted one. The recycle space is not stored: the first system a
-chunk solves after a resume starts without one.
+exactly the inputs of an uninterrupted one. The recycle space U of each chunk is saved with its
+progress (``progress/recycle_*.npy``, tagged with the number of systems it follows), so a resumed
+chunk continues with the U an uninterrupted run would have: the resumed run's solutions, iterations
+and matvecs are the uninterrupted run's, bit for bit. A saved U that does not match the committed
+progress (killed between the two writes) is ignored and the chunk restarts recycling from scratch.
 """
 
 from __future__ import annotations
@@ -88,11 +92,45 @@ def _chunk_done(out: str, chunk: int) -> int:
     return _read_json(path)["done"] if os.path.exists(path) else 0
 
 
+def _recycle_path(out: str, chunk: int) -> str:
+    return os.path.join(out, "progress", f"recycle_{chunk:06d}.npy")
+
+
+def _save_recycle(out: str, chunk: int, done: int, U: np.ndarray) -> None:
+    # Row 0 holds the tag (systems solved before this U), rows 1.. hold U: one file, one atomic
+    # replace, so the tag and the basis can never disagree.
+    tagged = np.empty((U.shape[0] + 1, U.shape[1] if U.ndim == 2 else 0), dtype=U.dtype)
+    tagged[0] = done
+    tagged[1:] = U
+    path = _recycle_path(out, chunk)
+    tmp = f"{path}.tmp{os.getpid()}.npy"
+    with open(tmp, "wb") as f:
+        np.save(f, tagged)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _load_recycle(out: str, chunk: int, done: int) -> Optional[np.ndarray]:
+    """The chunk's saved U if it follows exactly ``done`` systems, else None."""
+    path = _recycle_path(out, chunk)
+    if done == 0 or not os.path.exists(path):
+        return None
+    try:
+        tagged = np.load(path)
+    except (OSError, ValueError):  # a torn file cannot happen (atomic replace), a foreign one can
+        return None
+    if tagged.ndim != 2 or tagged.shape[0] < 1 or tagged.shape[1] == 0 or tagged[0, 0] != done:
+        return None
+    return tagged[1:]
+
+
 def solve_chunk(out: str, chunk: int, start: int, end: int, limit: Optional[int] = None,
                 on_system=None) -> dict:
-    """Solve positions [start, end) of the store's solve order (one chunk) with a fresh recycling
-    solver, skipping what the chunk already committed; commit after every system. Runs in the
-    calling process or as a Dask task. Returns ``{"chunk", "solved", "matvecs"}``."""
+    """Solve positions [start, end) of the store's solve order (one chunk) with a recycling
+    solver, skipping what the chunk already committed and continuing from its saved recycle space;
+    commit after every system. Runs in the calling process or as a Dask task. Returns
+    ``{"chunk", "solved", "matvecs"}``."""
     zarr = _zarr()
     g = zarr.open_group(out, mode="r+")
     st = dict(g.attrs["settings"])
@@ -102,20 +140,33 @@ def solve_chunk(out: str, chunk: int, start: int, end: int, limit: Optional[int]
     solver = krylov.RecyclingSolver(st["m"], st["k"], rtol=st["rtol"], M=st["precond"],
                                     maxiter=st["maxiter"])
     done = _chunk_done(out, chunk)
+    saved = _load_recycle(out, chunk, done)
+    if saved is not None:
+        solver.recycle.set(saved)
     stop = end if limit is None else min(end, start + done + int(limit))
     matvecs = 0
     for pos in range(start + done, stop):
         i = int(order[pos - start])
         A, b = fam.assemble(g["params"][i])
+        if st.get("precision", "double") == "single":
+            A, b = _single(A), _single(b)
         x, info = solver.solve(A, b)
         g["solutions"][i] = x.reshape(s, s)
         g["stats"][i] = [info.iterations, info.matvecs, info.relative_residual,
                          float(info.converged), info.seconds, pos]
+        if solver.recycle.dim > 0 and pos + 1 < end:
+            _save_recycle(out, chunk, pos - start + 1, solver.recycle.U)
         _write_json(_chunk_path(out, chunk), {"done": pos - start + 1})
         matvecs += info.matvecs
         if on_system is not None:
             on_system(info)
     return {"chunk": chunk, "solved": stop - (start + done), "matvecs": matvecs}
+
+
+def _single(a):
+    """float32 / complex64 of a matrix or vector: the single-precision systems of
+    ``precision="single"`` (solved in mixed precision by fastpaper.krylov)."""
+    return a.astype(np.complex64 if np.iscomplexobj(a) else np.float32)
 
 
 def _zarr():
@@ -131,14 +182,17 @@ def generate(family: str, grid: int, count: int, out: str, *, seed: int = 0,
              sort: Optional[str] = "auto", m: int = 40, k: int = 20, rtol: float = 1e-8,
              precond: Optional[str] = None, maxiter: Optional[int] = None,
              chunk_size: Optional[int] = None, scheduler=None,
-             progress: bool = True, stop_after: Optional[int] = None) -> dict:
+             progress: bool = True, stop_after: Optional[int] = None,
+             precision: str = "double") -> dict:
     """Generate ``count`` solved systems of ``family`` into the Zarr store ``out`` (resumable).
 
     ``sort``: a :func:`fastpaper.krylov.sort_systems` method, or None to solve in sample order.
     ``chunk_size``: systems per recycling chunk (default: all in one chunk). ``scheduler``: run the
     chunks on Dask (address string or ``distributed.Client``).
     ``stop_after``: solve at most this many systems in this call, single-process only (for tests and
-    for splitting a run into sessions). Returns a summary dict (totals of this call and overall
+    for splitting a run into sessions). ``precision="single"``: assemble float32 / complex64
+    systems and store single-precision solutions (half the storage; the solver keeps a double
+    iterate, so ``rtol`` below float32's resolution is still reached before rounding). Returns a summary dict (totals of this call and overall
     progress).
     """
     zarr = _zarr()
@@ -151,11 +205,15 @@ def generate(family: str, grid: int, count: int, out: str, *, seed: int = 0,
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
+    if precision not in ("double", "single"):
+        raise ValueError(f"precision: expected 'double' or 'single', got {precision!r}")
     if scheduler is not None and stop_after is not None:
         raise ValueError("stop_after: only for single-process runs (no scheduler)")
     settings = {"format": _FORMAT, "family": family, "grid": int(grid), "count": int(count),
                 "seed": int(seed), "sort": sort, "m": int(m), "k": int(k), "rtol": float(rtol),
                 "precond": precond, "maxiter": maxiter, "chunk_size": chunk_size}
+    if precision != "double":  # absent for double: stores written before this option still resume
+        settings["precision"] = precision
     s = grid - 2
     if os.path.exists(os.path.join(out, "progress.json")):
         g = zarr.open_group(out, mode="r+")
@@ -172,8 +230,10 @@ def generate(family: str, grid: int, count: int, out: str, *, seed: int = 0,
         g.create_array("params", shape=(count, grid, grid), chunks=(1, grid, grid), dtype="f8",
                        fill_value=np.nan)
         cplx = np.iscomplexobj(fam.assemble(fam.sample(0, seed))[1])
+        sol_dtype = {(False, "double"): "f8", (True, "double"): "c16",
+                     (False, "single"): "f4", (True, "single"): "c8"}[(cplx, precision)]
         g.create_array("solutions", shape=(count, s, s), chunks=(1, s, s),
-                       dtype="c16" if cplx else "f8", fill_value=np.nan)
+                       dtype=sol_dtype, fill_value=np.nan)
         g.create_array("stats", shape=(count, len(STATS_COLUMNS)), chunks=(1, len(STATS_COLUMNS)),
                        dtype="f8", fill_value=np.nan)
         g.create_array("order", shape=(count,), chunks=(count,), dtype="i8", fill_value=-1)

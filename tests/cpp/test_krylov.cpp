@@ -5,6 +5,7 @@
 #include <cmath>
 #include <complex>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "fastpaper/krylov.h"
@@ -285,4 +286,68 @@ TEST(Krylov, ComplexShiftedSystemWithRecycling) {
   Result res;
   EXPECT_EQ(gcrodr(rop, {}, br.data(), xr.data(), opt, rec, &res, nullptr, 0), Status::invalid_argument);
   recycle_destroy(rec);
+}
+
+// Single precision: the same operator in float32 and complex64, checked against the float64 solve
+// of the same system (both solve to the float32-reachable tolerance 1e-5).
+template <class T>
+void single_precision_case(std::complex<float> shift) {
+  Grid R = convdiff(20, 10.0, 0.0);
+  std::vector<T> v(R.v.size());
+  for (size_t e = 0; e < v.size(); ++e) v[e] = static_cast<float>(R.v[e]);
+  if constexpr (!std::is_same_v<T, float>) {
+    for (int64_t r = 0; r < R.n; ++r)
+      for (int32_t e = R.p[r]; e < R.p[r + 1]; ++e)
+        if (R.j[e] == r) v[e] += shift;
+  }
+  Csr<T> A;
+  A.rows = A.cols = R.n;
+  A.indptr = R.p.data();
+  A.indices = R.j.data();
+  A.values = v.data();
+  OperatorT<T> op;
+  op.csr = &A;
+  std::vector<T> b(R.n);
+  for (int64_t i = 0; i < R.n; ++i) b[i] = static_cast<float>(std::sin(0.37 * i) + 0.5);
+  Options opt;
+  opt.m = 30;
+  opt.k = 8;
+  opt.rtol = 1e-5;
+  Recycle* rec = nullptr;
+  ASSERT_EQ(recycle_create(&rec), Status::ok);
+  int64_t first = 0;
+  for (int solve = 0; solve < 2; ++solve) {
+    for (auto& M : {Precond::none, Precond::ilu0}) {
+      std::vector<T> x(R.n, T(0)), ax(R.n);
+      PreconditionerT<T> P;
+      P.kind = M;
+      Result res;
+      ASSERT_EQ(gcrodr(op, P, b.data(), x.data(), opt, rec, &res, nullptr, 0), Status::ok)
+          << last_error();
+      EXPECT_TRUE(res.converged);
+      ASSERT_EQ(spmv(A, x.data(), ax.data()), Status::ok);
+      double rn = 0, bn = 0;
+      for (int64_t i = 0; i < R.n; ++i) {
+        rn += std::norm(std::complex<double>(b[i] - ax[i]));
+        bn += std::norm(std::complex<double>(b[i]));
+      }
+      EXPECT_LE(std::sqrt(rn), 1.5e-5 * std::sqrt(bn));
+      if (solve == 0 && M == Precond::none) first = res.matvecs;
+      if (solve == 1 && M == Precond::none) {
+        EXPECT_LT(res.matvecs, first);  // U was recycled
+      }
+    }
+  }
+  const Scalar want = std::is_same_v<T, float> ? Scalar::float32 : Scalar::complex64;
+  EXPECT_EQ(recycle_scalar(rec), want);
+  std::vector<T> U(static_cast<size_t>(recycle_n(rec) * recycle_dim(rec)));
+  EXPECT_EQ(recycle_get(rec, U.data()), Status::ok);
+  std::vector<double> wrong(U.size());
+  EXPECT_EQ(recycle_get(rec, wrong.data()), Status::invalid_argument);  // not a float64 space
+  recycle_destroy(rec);
+}
+
+TEST(Krylov, Float32SolveWithRecycling) { single_precision_case<float>({}); }
+TEST(Krylov, Complex64SolveWithRecycling) {
+  single_precision_case<std::complex<float>>({0.0f, 0.3f});
 }

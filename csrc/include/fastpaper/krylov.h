@@ -1,9 +1,15 @@
 // fastpaper::krylov — restarted GMRES(m) and GCRO-DR(m, k) with a recycle space carried across a
 // sequence of linear systems A_i x_i = b_i (Parks, de Sturler, Mackey, Johnson, Maiti 2006; used by
-// SKR, Wang et al. 2024). Scalars float64 and complex128 (transposes below are conjugate
-// transposes for complex), CPU; BLAS/LAPACK from scipy-openblas32.
+// SKR, Wang et al. 2024). Scalars float32, float64, complex64 and complex128 (transposes below are
+// conjugate transposes for complex), CPU; BLAS/LAPACK from scipy-openblas32.
+// Single precision is mixed precision: A, M^{-1}, the Krylov basis and the recycle space are in
+// float32 / complex64 (half the memory traffic of SpMV and orthogonalization, which bound large
+// solves), while the iterate x and the true residual b - A x (for a CSR A) are accumulated in
+// double, so every restart refines the solution (GMRES-IR) and rtol can go below float32's own
+// resolution (~1e-5 relative on high-contrast PDEs). x returns rounded to the scalar type;
+// residual_norm is that of the double iterate. Reported norms are double.
 //
-// Operators. A is n x n, either a CSR matrix (int32 or int64 indices, float64 values) or a callback
+// Operators. A is n x n, either a CSR matrix (int32 or int64 indices, values of the scalar type) or a callback
 // y = A x. Right preconditioning: the solver works with A M^{-1} and returns x = M^{-1} y, so every
 // residual it reports is the true residual ||b - A x||_2. M is none, Jacobi (M = diag(A)), ILU(0)
 // of a CSR A (same sparsity pattern as A), or a callback y = M^{-1} x.
@@ -40,8 +46,10 @@
 namespace fastpaper::krylov {
 
 enum class Index : int32_t { int32 = 0, int64 = 1 };
+enum class Scalar : int32_t { float32 = 0, float64 = 1, complex64 = 2, complex128 = 3 };
 
-// A read-only CSR matrix with values of type T (double or std::complex<double>). indptr has
+// A read-only CSR matrix with values of type T (float, double, std::complex<float> or
+// std::complex<double>). indptr has
 // rows + 1 entries, indices and values have indptr[rows] entries; column indices must lie in
 // [0, cols). For ILU(0) the diagonal must be present in every row and the indices of a row sorted.
 template <class T>
@@ -55,6 +63,8 @@ struct Csr {
 };
 using CsrMatrix = Csr<double>;
 using CsrMatrixZ = Csr<std::complex<double>>;
+using CsrMatrixF = Csr<float>;
+using CsrMatrixC = Csr<std::complex<float>>;
 
 // y = op(x) for vectors of length n. Returns 0 on success; anything else aborts the solve with
 // Status::invalid_argument ("callback failed"), e.g. to propagate a Python exception.
@@ -71,6 +81,8 @@ struct OperatorT {
 };
 using Operator = OperatorT<double>;
 using OperatorZ = OperatorT<std::complex<double>>;
+using OperatorF = OperatorT<float>;
+using OperatorC = OperatorT<std::complex<float>>;
 
 enum class Precond : int32_t { none = 0, jacobi = 1, ilu0 = 2, callback = 3 };
 
@@ -82,6 +94,8 @@ struct PreconditionerT {
 };
 using Preconditioner = PreconditionerT<double>;
 using PreconditionerZ = PreconditionerT<std::complex<double>>;
+using PreconditionerF = PreconditionerT<float>;
+using PreconditionerC = PreconditionerT<std::complex<float>>;
 
 // Called after every Arnoldi step with the running iteration count and the residual estimate;
 // return non-zero to stop the solve early (Result::converged then reflects the true residual).
@@ -119,15 +133,22 @@ FASTPAPER_API void recycle_destroy(Recycle* r);
 FASTPAPER_API int64_t recycle_n(const Recycle* r);
 FASTPAPER_API int32_t recycle_dim(const Recycle* r);
 FASTPAPER_API bool recycle_is_complex(const Recycle* r);
-// Copies U into out[n * dim] (column-major).
+FASTPAPER_API Scalar recycle_scalar(const Recycle* r);
+// Copies U into out[n * dim] (column-major); the scalar type must be the space's.
+FASTPAPER_API Status recycle_get(const Recycle* r, float* out);
 FASTPAPER_API Status recycle_get(const Recycle* r, double* out);
+FASTPAPER_API Status recycle_get(const Recycle* r, std::complex<float>* out);
 FASTPAPER_API Status recycle_get(const Recycle* r, std::complex<double>* out);
-// Replaces U by u[n * dim] (column-major); dim = 0 empties the space.
+// Replaces U by u[n * dim] (column-major) of that scalar type; dim = 0 empties the space.
+FASTPAPER_API Status recycle_set(Recycle* r, int64_t n, int32_t dim, const float* u);
 FASTPAPER_API Status recycle_set(Recycle* r, int64_t n, int32_t dim, const double* u);
+FASTPAPER_API Status recycle_set(Recycle* r, int64_t n, int32_t dim, const std::complex<float>* u);
 FASTPAPER_API Status recycle_set(Recycle* r, int64_t n, int32_t dim, const std::complex<double>* u);
 
 // y = A x for a CSR matrix (OpenMP over rows).
+FASTPAPER_API Status spmv(const CsrMatrixF& A, const float* x, float* y);
 FASTPAPER_API Status spmv(const CsrMatrix& A, const double* x, double* y);
+FASTPAPER_API Status spmv(const CsrMatrixC& A, const std::complex<float>* x, std::complex<float>* y);
 FASTPAPER_API Status spmv(const CsrMatrixZ& A, const std::complex<double>* x, std::complex<double>* y);
 
 // Solves A x = b by GCRO-DR(opt.m, opt.k). x holds x0 on entry and the solution on exit.
@@ -142,6 +163,13 @@ FASTPAPER_API Status gcrodr(const OperatorZ& A, const PreconditionerZ& M,
                             const std::complex<double>* b, std::complex<double>* x,
                             const Options& opt, Recycle* recycle, Result* result,
                             double* history, int64_t history_capacity);
+FASTPAPER_API Status gcrodr(const OperatorF& A, const PreconditionerF& M, const float* b, float* x,
+                            const Options& opt, Recycle* recycle, Result* result,
+                            double* history, int64_t history_capacity);
+FASTPAPER_API Status gcrodr(const OperatorC& A, const PreconditionerC& M,
+                            const std::complex<float>* b, std::complex<float>* x,
+                            const Options& opt, Recycle* recycle, Result* result,
+                            double* history, int64_t history_capacity);
 
 // Restarted GMRES(opt.m) on the same code path (opt.k is ignored, no recycling).
 FASTPAPER_API Status gmres(const Operator& A, const Preconditioner& M, const double* b, double* x,
@@ -149,6 +177,13 @@ FASTPAPER_API Status gmres(const Operator& A, const Preconditioner& M, const dou
                            int64_t history_capacity);
 FASTPAPER_API Status gmres(const OperatorZ& A, const PreconditionerZ& M,
                            const std::complex<double>* b, std::complex<double>* x,
+                           const Options& opt, Result* result, double* history,
+                           int64_t history_capacity);
+FASTPAPER_API Status gmres(const OperatorF& A, const PreconditionerF& M, const float* b, float* x,
+                           const Options& opt, Result* result, double* history,
+                           int64_t history_capacity);
+FASTPAPER_API Status gmres(const OperatorC& A, const PreconditionerC& M,
+                           const std::complex<float>* b, std::complex<float>* x,
                            const Options& opt, Result* result, double* history,
                            int64_t history_capacity);
 

@@ -1,0 +1,179 @@
+// Public API of the multi-head recurrent cells (fastpaper/rnn.h): validate arguments, then
+// dispatch to the CPU or CUDA kernels.
+#include "fastpaper/rnn.h"
+
+#include <string>
+
+#include "core/error.h"
+#include "fastpaper/config.h"
+#include "rnn/rnn_backends.h"
+
+namespace fastpaper::rnn {
+namespace {
+
+using fastpaper::detail::fail;
+using detail::bf16_t;
+using detail::half_t;
+
+bool mul_ok(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+
+Status check_shape(const Shape& s, Device device) {
+  if (s.batch < 0 || s.time < 0 || s.heads < 0 || s.head_dim < 0) {
+    return fail(Status::invalid_argument, "batch, time, heads and head_dim must be >= 0");
+  }
+  if (s.cell != Cell::lstm && s.cell != Cell::gru && s.cell != Cell::elman &&
+      s.cell != Cell::slstm) {
+    return fail(Status::invalid_argument, "cell must be Cell::lstm, gru, elman or slstm");
+  }
+  if (device != Device::cpu && device != Device::cuda) {
+    return fail(Status::invalid_argument, "device must be Device::cpu or Device::cuda");
+  }
+  // the largest buffer: hist with S * (T + 1) * B * NH * DH, or Wx with T * B * G * NH * DH
+  int64_t n = 0;
+  if (!mul_ok(s.batch, s.time + 1, &n) || !mul_ok(n, s.heads, &n) ||
+      !mul_ok(n, s.head_dim, &n) || !mul_ok(n, 4, &n) ||
+      !mul_ok(s.heads * 4, s.head_dim, &n) || !mul_ok(n, s.head_dim, &n)) {
+    return fail(Status::invalid_argument, "tensor sizes overflow int64");
+  }
+  return fastpaper::detail::check_device_built(device);
+}
+
+bool empty(const Shape& s) {
+  return s.batch == 0 || s.heads == 0 || s.head_dim == 0;
+}
+
+template <typename S, typename T>
+Status run_forward(const FwdArgs<S, T>& a, const Shape& s, Device device, void* stream) {
+  if (Status st = check_shape(s, device); st != Status::ok) return st;
+  if (empty(s)) return Status::ok;
+  if (a.R == nullptr || a.b == nullptr || a.last == nullptr ||
+      (s.time > 0 && (a.Wx == nullptr || a.h_all == nullptr))) {
+    return fail(Status::invalid_argument, "rnn::forward: null data pointer for a non-empty tensor");
+  }
+  if (s.time > 0 && (a.hist == nullptr) != (a.cache == nullptr)) {  // T = 0: cache is empty
+    return fail(Status::invalid_argument, "rnn::forward: hist and cache are saved together");
+  }
+  if (device == Device::cuda) return cuda::forward(a, s, stream);
+  cpu::forward(a, s);
+  return Status::ok;
+}
+
+template <typename S, typename T>
+Status run_backward(const BwdArgs<S, T>& a, const Shape& s, Device device, void* stream) {
+  if (Status st = check_shape(s, device); st != Status::ok) return st;
+  if (empty(s)) return Status::ok;
+  if (a.R == nullptr || a.hist == nullptr || a.dR == nullptr || a.db == nullptr ||
+      (s.time > 0 && (a.cache == nullptr || a.dWx == nullptr || a.work == nullptr))) {
+    return fail(Status::invalid_argument, "rnn::backward: null data pointer for a non-empty tensor");
+  }
+  if (device == Device::cuda) return cuda::backward(a, s, stream);
+  cpu::backward(a, s);
+  return Status::ok;
+}
+
+template <typename S>
+Status forward_as(const void* Wx, const void* R, const void* b, const void* states0,
+                  const int64_t* lengths, void* h_all, void* last, float* hist, float* cache,
+                  const Shape& s, Device device, void* stream) {
+  const FwdArgs<S, float> a{static_cast<const S*>(Wx), static_cast<const S*>(R),
+                            static_cast<const S*>(b), static_cast<const S*>(states0), lengths,
+                            static_cast<S*>(h_all), static_cast<S*>(last), hist, cache};
+  return run_forward(a, s, device, stream);
+}
+
+template <typename S>
+Status backward_as(const void* dh_all, const void* dlast, const void* R, const float* hist,
+                   const float* cache, const int64_t* lengths, void* dWx, void* dR, void* db,
+                   void* dstates0, float* work, const Shape& s, Device device, void* stream) {
+  const BwdArgs<S, float> a{static_cast<const S*>(dh_all), static_cast<const S*>(dlast),
+                            static_cast<const S*>(R), hist, cache, lengths,
+                            static_cast<S*>(dWx), static_cast<S*>(dR), static_cast<S*>(db),
+                            static_cast<S*>(dstates0), work};
+  return run_backward(a, s, device, stream);
+}
+
+}  // namespace
+
+int64_t backward_workspace(const Shape& s) {
+  int64_t n = 0;
+  if (s.batch < 0 || s.time < 0 || s.heads < 0 || s.head_dim < 0) return 0;
+  if (!mul_ok(s.time, s.batch, &n) || !mul_ok(n, s.heads, &n) ||
+      !mul_ok(n, bias_rows(s.cell), &n) || !mul_ok(n, s.head_dim, &n)) {
+    return 0;
+  }
+  return n;
+}
+
+Status forward(const void* Wx, const void* R, const void* b, const void* states0,
+               const int64_t* lengths, void* h_all, void* last, float* hist, float* cache,
+               DType dtype, const Shape& s, Device device, void* stream) {
+  switch (dtype) {
+    case DType::float32:
+      return forward_as<float>(Wx, R, b, states0, lengths, h_all, last, hist, cache, s, device,
+                               stream);
+    case DType::float16:
+      return forward_as<half_t>(Wx, R, b, states0, lengths, h_all, last, hist, cache, s, device,
+                                stream);
+    case DType::bfloat16:
+      return forward_as<bf16_t>(Wx, R, b, states0, lengths, h_all, last, hist, cache, s, device,
+                                stream);
+  }
+  return fail(Status::invalid_argument, "dtype must be float32, float16 or bfloat16");
+}
+
+Status forward(const double* Wx, const double* R, const double* b, const double* states0,
+               const int64_t* lengths, double* h_all, double* last, double* hist, double* cache,
+               const Shape& s, Device device, void* stream) {
+  const FwdArgs<double, double> a{Wx, R, b, states0, lengths, h_all, last, hist, cache};
+  return run_forward(a, s, device, stream);
+}
+
+Status backward(const void* dh_all, const void* dlast, const void* R, const float* hist,
+                const float* cache, const int64_t* lengths, void* dWx, void* dR, void* db,
+                void* dstates0, float* work, DType dtype, const Shape& s, Device device,
+                void* stream) {
+  switch (dtype) {
+    case DType::float32:
+      return backward_as<float>(dh_all, dlast, R, hist, cache, lengths, dWx, dR, db, dstates0,
+                                work, s, device, stream);
+    case DType::float16:
+      return backward_as<half_t>(dh_all, dlast, R, hist, cache, lengths, dWx, dR, db, dstates0,
+                                 work, s, device, stream);
+    case DType::bfloat16:
+      return backward_as<bf16_t>(dh_all, dlast, R, hist, cache, lengths, dWx, dR, db, dstates0,
+                                 work, s, device, stream);
+  }
+  return fail(Status::invalid_argument, "dtype must be float32, float16 or bfloat16");
+}
+
+Status backward(const double* dh_all, const double* dlast, const double* R, const double* hist,
+                const double* cache, const int64_t* lengths, double* dWx, double* dR, double* db,
+                double* dstates0, double* work, const Shape& s, Device device, void* stream) {
+  const BwdArgs<double, double> a{dh_all, dlast, R, hist, cache, lengths,
+                                  dWx, dR, db, dstates0, work};
+  return run_backward(a, s, device, stream);
+}
+
+#if !FASTPAPER_HAS_CUDA
+// CPU-only build: the CUDA entry points exist so the dispatcher links; check_shape already refused.
+namespace cuda {
+template <typename S, typename T>
+Status forward(const FwdArgs<S, T>&, const Shape&, void*) {
+  return Status::not_built_with_cuda;
+}
+template <typename S, typename T>
+Status backward(const BwdArgs<S, T>&, const Shape&, void*) {
+  return Status::not_built_with_cuda;
+}
+template Status forward(const FwdArgs<float, float>&, const Shape&, void*);
+template Status forward(const FwdArgs<double, double>&, const Shape&, void*);
+template Status forward(const FwdArgs<half_t, float>&, const Shape&, void*);
+template Status forward(const FwdArgs<bf16_t, float>&, const Shape&, void*);
+template Status backward(const BwdArgs<float, float>&, const Shape&, void*);
+template Status backward(const BwdArgs<double, double>&, const Shape&, void*);
+template Status backward(const BwdArgs<half_t, float>&, const Shape&, void*);
+template Status backward(const BwdArgs<bf16_t, float>&, const Shape&, void*);
+}  // namespace cuda
+#endif
+
+}  // namespace fastpaper::rnn

@@ -1,0 +1,55 @@
+// Internal: the CPU (csrc/rnn/rnn_cpu.cpp) and CUDA (cuda/rnn/*.cu) kernels behind
+// fastpaper/rnn.h. Arguments arrive validated and non-empty (batch, time, heads, head_dim > 0).
+#pragma once
+
+#include <cstdint>
+
+#include "fastpaper/detail/rnn_cells.h"
+#include "fastpaper/rnn.h"
+
+namespace fastpaper::rnn {
+
+// Pointers of one call; S: float, double, detail::half_t or detail::bf16_t; T its compute type.
+template <typename S, typename T>
+struct FwdArgs {
+  const S* Wx;
+  const S* R;
+  const S* b;
+  const S* states0;  // nullable
+  const int64_t* lengths;  // nullable
+  S* h_all;
+  S* last;
+  T* hist;   // nullable
+  T* cache;  // nullable
+};
+
+template <typename S, typename T>
+struct BwdArgs {
+  const S* dh_all;  // nullable
+  const S* dlast;   // nullable
+  const S* R;
+  const T* hist;
+  const T* cache;
+  const int64_t* lengths;  // nullable
+  S* dWx;
+  S* dR;
+  S* db;
+  S* dstates0;  // nullable
+  T* work;
+};
+
+namespace cpu {
+template <typename S, typename T>
+void forward(const FwdArgs<S, T>& a, const Shape& s);
+template <typename S, typename T>
+void backward(const BwdArgs<S, T>& a, const Shape& s);
+}  // namespace cpu
+
+namespace cuda {
+template <typename S, typename T>
+Status forward(const FwdArgs<S, T>& a, const Shape& s, void* stream);
+template <typename S, typename T>
+Status backward(const BwdArgs<S, T>& a, const Shape& s, void* stream);
+}  // namespace cuda
+
+}  // namespace fastpaper::rnn
