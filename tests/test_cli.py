@@ -91,7 +91,7 @@ def test_demo_small_in_process(capsys, tmp_path):
     data = json.loads(out_json.read_text())
     assert data["config"] == {"device": "cpu", "small": True, "seed": 0}
     names = [s["name"] for s in data["sections"]]
-    assert names[0] == "bfp" and {"krylov", "pararnn", "rnn"} <= set(names)
+    assert names[0] == "bfp" and {"krylov", "pararnn", "rnn", "moe"} <= set(names)
     section = next(s for s in data["sections"] if s["name"] == "bfp")
     accuracy, speed = section["tables"]
     by_format = {r["format"]: r for r in accuracy["rows"]}
@@ -123,6 +123,18 @@ def test_demo_small_console_script_env():
     assert "(small sizes)" in proc.stdout
     for text in _DEMO_SECTIONS:
         assert text in proc.stdout, text
+
+
+def test_demo_section_choices_are_the_demo_sections():
+    # cli lists them statically (no torch import for --help); they must not drift apart
+    import argparse
+
+    from fastpaper import demo
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    section = next(a for a in sub.choices["demo"]._actions if "--section" in a.option_strings)
+    assert list(section.choices) == [name for name, _ in demo.SECTIONS]
 
 
 def test_demo_unknown_section():

@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_info)
 
     # Section names are listed statically so that `fastpaper --help` does not import torch.
-    sections = ["bfp", "krylov", "moe"]
+    sections = ["bfp", "pararnn", "krylov", "rnn", "moe"]  # = demo.SECTIONS (tests/test_cli.py)
     p = sub.add_parser("demo", help="run each area's main job on built-in data",
                        description="Run each area's main job on built-in data and compare with "
                                    "a plain-PyTorch baseline (error, size, throughput).")
