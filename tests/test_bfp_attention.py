@@ -26,7 +26,7 @@ def make(seq, batch, q_heads, kv_heads, d, dv, dtype, device, kf, vf, seed=0):
     return q, pk, pv
 
 
-def reference(q, pk, pv, scale):
+def reference(q, pk, pv, scale, bias=None):
     """dequantize, then attention in float64: [batch, q_heads, dv]."""
     k = bfp.unpack(pk, dtype=torch.float32).double()                # [T, B, Hkv, d]
     v = (bfp.unpack(pv, dtype=torch.float32) if isinstance(pv, bfp.PackedBFP) else pv).double()
@@ -34,6 +34,8 @@ def reference(q, pk, pv, scale):
     k = k.repeat_interleave(rep, dim=2)
     v = v.repeat_interleave(rep, dim=2)
     s = torch.einsum("bhd,tbhd->bht", q.double(), k) * scale
+    if bias is not None:
+        s = s + bias.double()
     return torch.einsum("bht,tbhd->bhd", torch.softmax(s, -1), v)
 
 
@@ -89,6 +91,25 @@ def test_large_scores_are_stable():
     torch.testing.assert_close(got.double(), reference(q, pk, pv, 1 / 8), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_additive_logit_bias(device, dtype):
+    """bias[b, g, t] is added to the scaled scores (what BFPCache's key centering needs)."""
+    seq, batch, hq, hkv, d = 45, 2, 6, 2, 64
+    q, pk, pv = make(seq, batch, hq, hkv, d, d, dtype, device, bfp.Format(16, 4), bfp.BFP16)
+    bias = torch.randn(batch, hq, seq, generator=torch.Generator().manual_seed(3)).mul(2).to(device)
+    got = bfp.decode_attention(q, pk, pv, scale=0.2, bias=bias)
+    cpu = lambda p: bfp.PackedBFP(p.mantissas.cpu(), p.exponents.cpu(), p.shape, p.dtype, p.format)
+    want = reference(q.cpu(), cpu(pk), cpu(pv), 0.2, bias.cpu())
+    torch.testing.assert_close(got.cpu().double(), want, rtol=TOL[dtype], atol=TOL[dtype])
+    without = reference(q.cpu(), cpu(pk), cpu(pv), 0.2)
+    assert (want - without).abs().max() > 10 * TOL[dtype]  # the bias matters in this case
+    with pytest.raises(ValueError, match="bias must be"):
+        bfp.decode_attention(q, pk, pv, bias=bias[:, :, :-1])
+    with pytest.raises(TypeError, match="float32"):
+        bfp.decode_attention(q, pk, pv, bias=bias.double())
+
+
 def test_opcheck_and_compile():
     q, pk, pv = make(20, 1, 4, 2, 64, 64, torch.float32, "cpu", bfp.BFP12, bfp.BFP16)
     args = (q, pk.mantissas, pk.exponents, *pk.format._args(), pv.mantissas, pv.exponents, None,
@@ -97,6 +118,9 @@ def test_opcheck_and_compile():
                           test_utils=("test_schema", "test_faketensor"))
     f = torch.compile(lambda *a: torch.ops.fastpaper.bfp_decode_attention(*a) * 2, fullgraph=True)
     torch.testing.assert_close(f(*args), torch.ops.fastpaper.bfp_decode_attention(*args) * 2)
+    bias = torch.randn(1, 4, 20)
+    torch.library.opcheck(torch.ops.fastpaper.bfp_decode_attention.default, (*args, bias),
+                          test_utils=("test_schema", "test_faketensor"))
 
 
 def test_bad_input():

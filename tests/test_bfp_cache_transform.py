@@ -102,14 +102,21 @@ def test_center_and_rotate_cut_the_4bit_error_on_llm_like_keys():
     assert err["center+rotate"] < 0.5 * err["plain"], err  # measured 0.042
 
 
-def test_fused_decode_with_rotated_keys_equals_dense_path():
+@pytest.mark.parametrize("center", [False, True])
+def test_fused_decode_with_transformed_keys_equals_dense_path(center, monkeypatch):
+    import fastpaper.bfp_attention as fa
+
+    calls = []
+    orig = fa.decode_attention
+    monkeypatch.setattr(fa, "decode_attention", lambda *a, **k: calls.append(k.get("bias")) or orig(*a, **k))
     x = ids(batch=2, seq=9)
     outs = []
     for fused in (False, True):
         model = tiny_llama()
         if fused:
             bfp.use_bfp_attention(model)
-        cache = bfp.BFPCache.for_model(model, bfp.Format(16, 4), bfp.BFP16, rotate_keys=True)
+        cache = bfp.BFPCache.for_model(model, bfp.Format(16, 4), bfp.BFP16, rotate_keys=True,
+                                       center_keys=center)
         r = model.generate(x, attention_mask=torch.ones_like(x), cache=cache,
                            max_new_tokens=5, do_sample=False, output_scores=True,
                            return_dict_in_generate=True)
@@ -117,6 +124,8 @@ def test_fused_decode_with_rotated_keys_equals_dense_path():
     assert torch.equal(outs[0].sequences, outs[1].sequences)
     torch.testing.assert_close(torch.stack(outs[1].scores), torch.stack(outs[0].scores),
                                rtol=1e-4, atol=1e-4)
+    # the decode steps ran the packed kernel, with the centering's logit term when centered
+    assert calls and all((b is not None) == center for b in calls)
 
 
 def test_generate_and_beam_search_with_centered_keys():

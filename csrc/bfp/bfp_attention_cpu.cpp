@@ -86,7 +86,9 @@ void run(const DecodeAttentionArgs& a, const DecodeCodecs& cd) {
       const int64_t row = t * rows_per_token + g;  // g = b * kv_heads + h
       decode_row(a.k_mantissas + row * k_mb, a.k_exponents + row * k_nb, d, cd.k, kbuf.data());
       for (int r = 0; r < rep; ++r) {
-        softmax_add(st[r], dot(q.data() + r * d, kbuf.data(), d), alpha[r], p[r]);
+        float s = dot(q.data() + r * d, kbuf.data(), d);
+        if (a.bias) s += a.bias[(b * a.q_heads + h * rep + r) * a.seq + t];
+        softmax_add(st[r], s, alpha[r], p[r]);
       }
       if (cd.packed_v) {
         decode_row(a.v_mantissas + row * v_mb, a.v_exponents + row * v_nb, dv, cd.v, vbuf.data());

@@ -27,7 +27,7 @@ void decode_attention(Array q, int64_t batch, int64_t q_heads, int64_t kv_heads,
                       Array k_exponents, int k_block, int k_mbits, int k_element,
                       std::optional<Array> v_mantissas, std::optional<Array> v_exponents,
                       std::optional<Array> v, int v_block, int v_mbits, int v_element, Array out,
-                      std::optional<Array> workspace, uintptr_t stream) {
+                      std::optional<Array> workspace, std::optional<Array> bias, uintptr_t stream) {
   const DType dt = bindings::float_dtype_of(q, "q");
   const Device dev = bindings::device_of(q, "q");
   if (batch < 0 || q_heads < 1 || kv_heads < 1 || seq < 1 || head_dim < 1 || v_dim < 1) {
@@ -70,6 +70,12 @@ void decode_attention(Array q, int64_t batch, int64_t q_heads, int64_t kv_heads,
     bindings::check_same_device(q, "q", *v, "v");
     a.v = v->data();
   }
+  if (bias) {
+    if (bindings::float_dtype_of(*bias, "bias") != DType::float32) throw nb::type_error("bias: must be float32");
+    bindings::check_size(*bias, "bias", bindings::checked_mul(bindings::checked_mul(batch, q_heads, "bias"), seq, "bias"));
+    bindings::check_same_device(q, "q", *bias, "bias");
+    a.bias = static_cast<const float*>(bias->data());
+  }
   const int64_t ws_bytes = bfp::decode_attention_workspace_bytes(batch, q_heads, seq, v_dim, dev);
   if (ws_bytes > 0) {
     if (!workspace) throw nb::value_error("workspace: required on CUDA");
@@ -97,7 +103,8 @@ NB_MODULE(_bfp_attention, m) {
         nb::arg("k_element"), nb::arg("v_mantissas").noconvert().none(),
         nb::arg("v_exponents").noconvert().none(), nb::arg("v").noconvert().none(),
         nb::arg("v_block"), nb::arg("v_mantissa_bits"), nb::arg("v_element"),
-        nb::arg("out").noconvert(), nb::arg("workspace").noconvert().none(), nb::arg("stream") = 0);
+        nb::arg("out").noconvert(), nb::arg("workspace").noconvert().none(),
+        nb::arg("bias").noconvert().none(), nb::arg("stream") = 0);
   m.def("workspace_bytes", [](int64_t batch, int64_t q_heads, int64_t seq, int64_t v_dim, bool cuda) {
     return bfp::decode_attention_workspace_bytes(batch, q_heads, seq, v_dim, cuda ? Device::cuda : Device::cpu);
   });

@@ -46,7 +46,8 @@ template <DType D, bool PackedV>
 __global__ void decode_split_kernel(const void* __restrict__ q, const uint8_t* __restrict__ km,
                                     const uint8_t* __restrict__ ke, const uint8_t* __restrict__ vm,
                                     const uint8_t* __restrict__ ve, const void* __restrict__ v,
-                                    Geometry g, Codec kc, Codec vc, float* __restrict__ ws) {
+                                    const float* __restrict__ bias, Geometry g, Codec kc, Codec vc,
+                                    float* __restrict__ ws) {
   const int lane = threadIdx.x;
   const int64_t bq = blockIdx.x;                 // b * q_heads + query head
   const int64_t b = bq / g.q_heads, hq = bq % g.q_heads;
@@ -72,7 +73,7 @@ __global__ void decode_split_kernel(const void* __restrict__ q, const uint8_t* _
       const int c = lane + 32 * i;
       if (c < g.head_dim) part += qr[i] * decode_at(kmr, ker, c, kc);
     }
-    const float s = warp_sum(part);
+    const float s = warp_sum(part) + (bias != nullptr ? bias[bq * g.seq + t] : 0.0f);
     float alpha, p;
     softmax_add(st, s, alpha, p);
 #pragma unroll
@@ -152,10 +153,12 @@ Status launch(const DecodeAttentionArgs& a, const DecodeCodecs& cd, cudaStream_t
   const dim3 grid1(static_cast<unsigned>(bq), static_cast<unsigned>(g.splits));
   if (cd.packed_v) {
     decode_split_kernel<D, true><<<grid1, 32, 0, stream>>>(a.q, a.k_mantissas, a.k_exponents, a.v_mantissas,
-                                                         a.v_exponents, nullptr, g, cd.k, cd.v, ws);
+                                                         a.v_exponents, nullptr, a.bias, g, cd.k,
+                                                         cd.v, ws);
   } else {
     decode_split_kernel<D, false><<<grid1, 32, 0, stream>>>(a.q, a.k_mantissas, a.k_exponents, nullptr,
-                                                          nullptr, a.v, g, cd.k, cd.k, ws);
+                                                          nullptr, a.v, a.bias, g, cd.k, cd.k,
+                                                          ws);
   }
   decode_combine_kernel<D><<<static_cast<unsigned>(bq), 32, 0, stream>>>(ws, g, a.out);
   return fastpaper::detail::launched("bfp::decode_attention");

@@ -2,7 +2,9 @@
 
 For each batch b and query head g (KV head ``g // (q_heads // kv_heads)``)::
 
-    out[b, g] = softmax_t(scale * <q[b, g], K[t, b, h]>) @ V[t, b, h]
+    out[b, g] = softmax_t(scale * <q[b, g], K[t, b, h]> + bias[b, g, t]) @ V[t, b, h]
+
+(``bias`` optional, float32.)
 
 with K (and V when packed) decoded from BFP in registers: the C++ CPU kernel walks the tokens once
 per (batch, KV head) with an online softmax; the CUDA kernel splits the sequence into chunks (one
@@ -27,11 +29,12 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 LIB.define("bfp_decode_attention(Tensor q, Tensor k_mantissas, Tensor k_exponents, int k_block, "
            "int k_mantissa_bits, int k_element, Tensor? v_mantissas, Tensor? v_exponents, Tensor? v, "
-           "int v_block, int v_mantissa_bits, int v_element, int v_dim, float scale) -> Tensor")
+           "int v_block, int v_mantissa_bits, int v_element, int v_dim, float scale, "
+           "Tensor? bias=None) -> Tensor")
 
 
 def _kernel(q, k_mantissas, k_exponents, k_block, k_mantissa_bits, k_element, v_mantissas,
-            v_exponents, v, v_block, v_mantissa_bits, v_element, v_dim, scale):
+            v_exponents, v, v_block, v_mantissa_bits, v_element, v_dim, scale, bias=None):
     batch, q_heads, head_dim = q.shape
     seq, _, kv_heads = k_mantissas.shape[:3]
     out = q.new_empty((batch, q_heads, v_dim))
@@ -48,7 +51,7 @@ def _kernel(q, k_mantissas, k_exponents, k_block, k_mantissa_bits, k_element, v_
         _C.decode_attention(c(q), batch, q_heads, kv_heads, seq, head_dim, v_dim, scale,
                             c(k_mantissas), c(k_exponents), k_block, k_mantissa_bits, k_element,
                             c(v_mantissas), c(v_exponents), c(v), v_block, v_mantissa_bits,
-                            v_element, out, ws, stream_of(q))
+                            v_element, out, ws, c(bias), stream_of(q))
     return out
 
 
@@ -58,7 +61,7 @@ for _device in ("CPU", "CUDA"):
 
 @torch.library.register_fake("fastpaper::bfp_decode_attention", lib=LIB)
 def _fake(q, k_mantissas, k_exponents, k_block, k_mantissa_bits, k_element, v_mantissas,
-          v_exponents, v, v_block, v_mantissa_bits, v_element, v_dim, scale):
+          v_exponents, v, v_block, v_mantissa_bits, v_element, v_dim, scale, bias=None):
     return q.new_empty((q.shape[0], q.shape[1], v_dim))
 
 
@@ -84,7 +87,8 @@ def _check_packed(p, name: str, seq_batch_heads: Optional[tuple], device) -> tup
 
 
 def decode_attention(q: torch.Tensor, keys: PackedBFP, values: Union[PackedBFP, torch.Tensor],
-                     scale: Optional[float] = None) -> torch.Tensor:
+                     scale: Optional[float] = None,
+                     bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Single-query attention over packed keys (and packed or dense values).
 
     Parameters
@@ -94,6 +98,8 @@ def decode_attention(q: torch.Tensor, keys: PackedBFP, values: Union[PackedBFP, 
         ``BFPLayer.packed_keys()``); q_heads must be a multiple of kv_heads (GQA).
     values : PackedBFP [seq, batch, kv_heads, v_dim] or a dense tensor of that shape and q's dtype.
     scale : softmax scale, default ``head_dim ** -0.5``.
+    bias : optional additive logit term [batch, q_heads, seq] (float32, q's device), added after
+        the scale.
 
     Returns
     -------
@@ -147,6 +153,17 @@ def decode_attention(q: torch.Tensor, keys: PackedBFP, values: Union[PackedBFP, 
         raise TypeError(f"values must be a PackedBFP or a torch.Tensor, got {type(values).__name__}")
     if not 1 <= v_dim <= 256:
         raise ValueError(f"v_dim must be in [1, 256], got {v_dim}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"bias must be a torch.Tensor, got {type(bias).__name__}")
+        if tuple(bias.shape) != (batch, q.shape[1], seq):
+            raise ValueError(f"bias must be [batch, q_heads, seq] = [{batch}, {q.shape[1]}, {seq}], "
+                             f"got {tuple(bias.shape)}")
+        if bias.dtype != torch.float32:
+            raise TypeError(f"bias must be float32, got {bias.dtype}")
+        if bias.device != q.device:
+            raise ValueError(f"bias is on {bias.device}, expected {q.device}")
     out = torch.ops.fastpaper.bfp_decode_attention(
-        q, keys.mantissas, keys.exponents, *kf._args(), vm, ve, vd, *vargs, v_dim, float(scale))
+        q, keys.mantissas, keys.exponents, *kf._args(), vm, ve, vd, *vargs, v_dim, float(scale),
+        bias)
     return out.unsqueeze(2) if four_d else out

@@ -22,8 +22,9 @@ few outlier channels; centering removes the offsets and H spreads what remains e
 channels, so every BFP block sees values of similar magnitude. Subtracting and adding R_t mu with
 the same t makes the transform exact whatever positions the model uses; only the quantization
 error changes (SmolLM2-135M, BFP12 block 16 = 4.5 bits/key: +15 % perplexity -> +3 %, see
-bench/bench_bfp_accuracy.py). ``rotate_keys`` alone also works with the fused decode kernel (the
-query is rotated instead: q.k = (q H^T).(k H^T)); ``center_keys`` reads through the dense path.
+bench/bench_bfp_accuracy.py). Decode steps with the fused kernel read the packed keys in either case: the query is rotated
+instead (q.k = (q H^T).(k H^T)) and the centered part enters as an additive logit
+``<q, R_t mu>`` computed against the shared cos/sin tables (:meth:`BFPLayer.logit_bias`).
 
 Attention: :meth:`BFPLayer.update` returns the dequantized keys/values ([batch, kv_heads, seq,
 head_dim]) so any attention implementation works. With the model's attention implementation set to
@@ -159,7 +160,7 @@ class BFPLayer(CacheLayerMixin):
         else:
             self._v.data[start:end].copy_(v_tok)
         self.length = end
-        if t == 1 and self._fused() and self.rotary_emb is None:
+        if t == 1 and self._fused():
             # Marker views: the registered attention function reads the packed storage of this layer.
             k, v = key_states[..., :], value_states[..., :]
             k._fastpaper_bfp_layer = self
@@ -211,9 +212,23 @@ class BFPLayer(CacheLayerMixin):
         return kf.to(kq.dtype)
 
     def query_transform(self, q: torch.Tensor) -> torch.Tensor:
-        """The query that meets the stored keys: q H^T when keys are rotated (centering is not
-        supported by the fused kernel, which is then not used)."""
+        """The query that meets the stored keys: q H^T when keys are rotated."""
         return q if self._H is None else (q.float() @ self._H.T).to(q.dtype)
+
+    def logit_bias(self, q: torch.Tensor, scale: float) -> Optional[torch.Tensor]:
+        """scale * <q, R_t mu> for t < length, float32 [batch, q_heads, length]: the part of q.k
+        that centering took out of the stored keys (None without centering). With
+        R_t mu = mu cos_t + rotate_half(mu) sin_t it is two [length, head_dim] x [head_dim]
+        products per query, against the shared cos/sin tables."""
+        if self.rotary_emb is None:
+            return None
+        self._rope_mu(0, self.length)  # tables up to length
+        rep = q.shape[1] // self.num_heads
+        mu = self._mu[:, :, 0].repeat_interleave(rep, dim=1)            # [batch, q_heads, d]
+        qf = q.float()
+        cos, sin = self._cos[: self.length], self._sin[: self.length]
+        bias = torch.einsum("td,bgd->bgt", cos, qf * mu) + torch.einsum("td,bgd->bgt", sin, qf * _rotate_half(mu))
+        return (bias * scale).contiguous()
 
     def keys_dense(self) -> torch.Tensor:
         """Dequantized keys [batch, kv_heads, length, head_dim] (a permuted view; with a key
@@ -405,8 +420,11 @@ def bfp_attention_forward(module, query, key, value, attention_mask, scaling=Non
                                       attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     from .bfp_attention import decode_attention
 
-    q = layer.query_transform(query[:, :, 0])
-    out = decode_attention(q, layer.packed_keys(), layer.packed_values(), scale=scaling)
+    q0 = query[:, :, 0]
+    if scaling is None:
+        scaling = q0.shape[-1] ** -0.5
+    out = decode_attention(layer.query_transform(q0), layer.packed_keys(), layer.packed_values(),
+                           scale=scaling, bias=layer.logit_bias(q0, scaling))
     return out.unsqueeze(1), None                    # [batch, 1, q_heads, v_dim], like SDPA
 
 

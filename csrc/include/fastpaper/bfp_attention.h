@@ -3,7 +3,10 @@
 // For every batch b and query head g (KV head h = g / (q_heads / kv_heads), grouped-query
 // attention), with keys K_t and values V_t of the tokens t < seq of (b, h):
 //
-//   s_t = scale * <q[b, g], K_t>        out[b, g] = sum_t softmax(s)_t * V_t
+//   s_t = scale * <q[b, g], K_t> + bias[b, g, t]        out[b, g] = sum_t softmax(s)_t * V_t
+//
+// bias (optional, float32 [batch, q_heads, seq]) is an additive logit term: fastpaper.bfp.BFPCache
+// uses it for the part of q.k that its key centering moved out of the stored keys.
 //
 // Keys are read packed and decoded in registers (never written back as dense tensors); values are
 // packed (v_mantissas != nullptr) or dense. Scores, softmax (online, running max) and the weighted
@@ -42,6 +45,7 @@ struct DecodeAttentionArgs {
   Format v_format{};
   const void* v = nullptr;
   void* out = nullptr;
+  const float* bias = nullptr;  // optional [batch, q_heads, seq], on the device of q
   void* workspace = nullptr;  // CUDA only
 };
 
