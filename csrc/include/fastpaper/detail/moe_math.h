@@ -5,37 +5,15 @@
 #include <cmath>
 #include <cstdint>
 
-#include "fastpaper/detail/float_convert.h"
 #include "fastpaper/detail/host_device.h"
+#include "fastpaper/detail/storage_io.h"
 
 namespace fastpaper::moe::detail {
 
-// 16-bit storage types, distinct so that Io can tell them apart (layout of uint16_t).
-struct half_bits { uint16_t v; };
-struct bf16_bits { uint16_t v; };
-
-// Io<S>: how an element stored as S widens to the compute type T and is rounded back.
-template <typename S> struct Io;
-template <> struct Io<float> {
-  using T = float;
-  static FP_HD float load(float s) { return s; }
-  static FP_HD float store(float v) { return v; }
-};
-template <> struct Io<double> {
-  using T = double;
-  static FP_HD double load(double s) { return s; }
-  static FP_HD double store(double v) { return v; }
-};
-template <> struct Io<half_bits> {
-  using T = float;
-  static FP_HD float load(half_bits s) { return fastpaper::detail::half_to_float(s.v); }
-  static FP_HD half_bits store(float v) { return {fastpaper::detail::float_to_half(v)}; }
-};
-template <> struct Io<bf16_bits> {
-  using T = float;
-  static FP_HD float load(bf16_bits s) { return fastpaper::detail::bf16_to_float(s.v); }
-  static FP_HD bf16_bits store(float v) { return {fastpaper::detail::float_to_bf16(v)}; }
-};
+// Storage types and their compute types: fastpaper/detail/storage_io.h.
+using fastpaper::detail::bf16_bits;
+using fastpaper::detail::half_bits;
+using fastpaper::detail::Io;
 
 // exp(v) in float without library calls, so that CPU loops over it vectorize (CUDA runs the same
 // code): v = n ln2 + r, |r| <= ln2 / 2 (n rounded by the 1.5 * 2^23 trick, ln2 split in two so

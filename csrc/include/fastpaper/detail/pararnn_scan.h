@@ -17,8 +17,8 @@
 
 #include <cstdint>
 
-#include "fastpaper/detail/float_convert.h"
 #include "fastpaper/detail/host_device.h"
+#include "fastpaper/detail/storage_io.h"
 
 // K is a compile-time constant: nvcc's device pass is told to unroll; host compilers unroll such
 // loops unasked (and GCC would warn about an unknown `#pragma unroll`, also in nvcc's host pass).
@@ -30,31 +30,10 @@
 
 namespace fastpaper::pararnn::detail {
 
-// 16-bit storage types, distinct so that Io can tell them apart (same size and layout as uint16_t).
-struct half_bits { uint16_t v; };
-struct bf16_bits { uint16_t v; };
-
-template <typename S> struct Io;
-template <> struct Io<float> {
-  using T = float;
-  static FP_HD float load(float s) { return s; }
-  static FP_HD float store(float v) { return v; }
-};
-template <> struct Io<double> {
-  using T = double;
-  static FP_HD double load(double s) { return s; }
-  static FP_HD double store(double v) { return v; }
-};
-template <> struct Io<half_bits> {
-  using T = float;
-  static FP_HD float load(half_bits s) { return fastpaper::detail::half_to_float(s.v); }
-  static FP_HD half_bits store(float v) { return {fastpaper::detail::float_to_half(v)}; }
-};
-template <> struct Io<bf16_bits> {
-  using T = float;
-  static FP_HD float load(bf16_bits s) { return fastpaper::detail::bf16_to_float(s.v); }
-  static FP_HD bf16_bits store(float v) { return {fastpaper::detail::float_to_bf16(v)}; }
-};
+// Storage types and their compute types: fastpaper/detail/storage_io.h.
+using fastpaper::detail::bf16_bits;
+using fastpaper::detail::half_bits;
+using fastpaper::detail::Io;
 
 // Element (i, j) of a row-major K x K block, or of its transpose (Tr: the adjoint recurrence
 // reads J^T without a transposed copy).

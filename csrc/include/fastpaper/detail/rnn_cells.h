@@ -36,36 +36,15 @@
 #include <math.h>
 #include <cstdint>
 
-#include "fastpaper/detail/float_convert.h"
 #include "fastpaper/detail/host_device.h"
+#include "fastpaper/detail/storage_io.h"
 
 namespace fastpaper::rnn::detail {
 
-// 16-bit storage types, distinct so that Io can tell them apart (same layout as uint16_t).
-struct half_t { uint16_t v; };
-struct bf16_t { uint16_t v; };
-
-template <typename S> struct Io;
-template <> struct Io<float> {
-  using T = float;
-  static FP_HD float load(float s) { return s; }
-  static FP_HD float store(float v) { return v; }
-};
-template <> struct Io<double> {
-  using T = double;
-  static FP_HD double load(double s) { return s; }
-  static FP_HD double store(double v) { return v; }
-};
-template <> struct Io<half_t> {
-  using T = float;
-  static FP_HD float load(half_t s) { return fastpaper::detail::half_to_float(s.v); }
-  static FP_HD half_t store(float v) { return {fastpaper::detail::float_to_half(v)}; }
-};
-template <> struct Io<bf16_t> {
-  using T = float;
-  static FP_HD float load(bf16_t s) { return fastpaper::detail::bf16_to_float(s.v); }
-  static FP_HD bf16_t store(float v) { return {fastpaper::detail::float_to_bf16(v)}; }
-};
+// Storage types and their compute types: fastpaper/detail/storage_io.h.
+using half_t = fastpaper::detail::half_bits;
+using bf16_t = fastpaper::detail::bf16_bits;
+using fastpaper::detail::Io;
 
 // exp and tanh: CUDA's functions on the device; on the host the float versions are branch-free
 // polynomials (so that the CPU loops over units vectorize; within 2 ulp of expf), double uses libm.
