@@ -40,6 +40,26 @@ inline DType float_dtype_of(const Array& a, const char* name) {
   throw nb::type_error((std::string(name) + ": expected float32, float16 or bfloat16 data").c_str());
 }
 
+// The element type of an array that may also be float64 (kernels with a float64 reference path):
+// float64 is reported as is_double (DType has no float64); anything but float64, float32,
+// float16 or bfloat16 raises TypeError naming the argument.
+struct Elem {
+  bool is_double;
+  DType dtype;
+  bool operator!=(const Elem& o) const { return is_double != o.is_double || dtype != o.dtype; }
+};
+
+inline Elem elem_of(const Array& a, const char* name) {
+  const auto d = a.dtype();
+  const bool fl = d.lanes == 1 && d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float);
+  if (fl && d.bits == 64) return {true, DType::float32};
+  const bool bf = d.lanes == 1 && d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat);
+  if (!((fl && (d.bits == 32 || d.bits == 16)) || (bf && d.bits == 16))) {
+    throw nb::type_error((std::string(name) + ": expected float64, float32, float16 or bfloat16 data").c_str());
+  }
+  return {false, float_dtype_of(a, name)};
+}
+
 inline void check_uint8(const Array& a, const char* name) {
   const auto d = a.dtype();
   if (!(d.lanes == 1 && d.bits == 8 && d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::UInt))) {

@@ -12,29 +12,8 @@ using fastpaper::bindings::Array;
 
 namespace {
 
-// The element type of a, raising TypeError naming the argument for anything but float64,
-// float32, float16 or bfloat16. float64 is reported as `is_double` (DType has no float64).
-struct Elem {
-  bool is_double;
-  DType dtype;
-  bool operator!=(const Elem& o) const { return is_double != o.is_double || dtype != o.dtype; }
-};
-
-Elem elem_of(const Array& a, const char* name) {
-  const auto d = a.dtype();
-  if (d.lanes == 1 && d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && d.bits == 64) {
-    return {true, DType::float32};
-  }
-  const bool half = d.lanes == 1 && d.bits == 16 &&
-                    (d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) ||
-                     d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat));
-  const bool single = d.lanes == 1 && d.bits == 32 &&
-                      d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float);
-  if (!half && !single) {
-    throw nb::type_error((std::string(name) + ": expected float64, float32, float16 or bfloat16 data").c_str());
-  }
-  return {false, bindings::float_dtype_of(a, name)};
-}
+using bindings::Elem;
+using bindings::elem_of;
 
 void linear_scan(Array J, Array r, nb::object h0_obj, Array h, int64_t batch, int64_t time,
                  int64_t channels, int32_t block, bool reverse, bool adjoint, uintptr_t stream) {

@@ -12,20 +12,8 @@ using fastpaper::bindings::Array;
 
 namespace {
 
-// float64 is reported as is_double (DType has no float64).
-struct Elem {
-  bool is_double;
-  DType dtype;
-  bool operator!=(const Elem& o) const { return is_double != o.is_double || dtype != o.dtype; }
-};
-
-Elem elem_of(const Array& a, const char* name) {
-  const auto d = a.dtype();
-  if (d.lanes == 1 && d.code == static_cast<uint8_t>(nb::dlpack::dtype_code::Float) && d.bits == 64) {
-    return {true, DType::float32};
-  }
-  return {false, bindings::float_dtype_of(a, name)};
-}
+using bindings::Elem;
+using bindings::elem_of;
 
 bool is_compute_of(const Array& a, const Elem& el) {
   const auto d = a.dtype();

@@ -2,6 +2,8 @@
 // kernel over the four scalar types; Lib<T> maps each to its s/d/c/z routine.
 #include "krylov/dense.h"
 
+#include "core/blas.h"
+
 #include <complex>
 // LAPACKE's documented way to use std::complex in C++ (instead of C99 _Complex).
 #define lapack_complex_float std::complex<float>
@@ -119,13 +121,7 @@ void scale_only(int64_t len, T beta, T* y) {
 
 }  // namespace
 
-void single_threaded_blas() {
-  static const bool once = [] {
-    scipy_openblas_set_num_threads(1);
-    return true;
-  }();
-  (void)once;
-}
+void single_threaded_blas() { fastpaper::detail::single_threaded_blas(); }
 
 template <class T>
 double nrm2(int64_t n, const T* x) {

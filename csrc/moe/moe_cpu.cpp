@@ -17,12 +17,12 @@
 #include <string>
 #include <vector>
 
-#include <cblas.h>
 
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
 
+#include "core/blas.h"
 #include "core/error.h"
 #include "moe/moe_backends.h"
 
@@ -39,30 +39,9 @@ constexpr int64_t kBackwardTileRows = 1024;
 // shared machine waiting for a descheduled peer).
 constexpr int64_t kParallelWork = int64_t(1) << 20;
 
-inline blasint I(int64_t v) { return static_cast<blasint>(v); }
-
-// Parallelism is over tiles (OpenMP); OpenBLAS's own pthreads would oversubscribe the cores and
-// warn when called inside an OpenMP region, so the core's OpenBLAS runs single-threaded (as the
-// Krylov solver sets it too; this OpenBLAS copy is private to fastpaper).
-void single_threaded_blas() {
-  static const bool once = [] {
-    scipy_openblas_set_num_threads(1);
-    return true;
-  }();
-  (void)once;
-}
-
-// Row-major C[m, n] = A[m, kk] (or A^T) * B[kk, n] (or B^T) + beta * C.
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t kk, const float* A, int64_t lda,
-          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                    I(m), I(n), I(kk), 1.0f, A, I(lda), B, I(ldb), beta, C, I(ldc));
-}
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t kk, const double* A, int64_t lda,
-          const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-  scipy_cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                    I(m), I(n), I(kk), 1.0, A, I(lda), B, I(ldb), beta, C, I(ldc));
-}
+// Parallelism is over tiles (OpenMP), with the core's OpenBLAS single-threaded (core/blas.h).
+using fastpaper::detail::gemm_row_major;
+using fastpaper::detail::single_threaded_blas;
 
 // Pairs grouped by expert: pairs[offsets[e] .. offsets[e+1]) are expert e's, in increasing p.
 struct Sorted {
@@ -212,9 +191,9 @@ Status forward(const S* x, const typename Io<S>::T* scores, const int64_t* indic
       const int64_t e = tile.expert, m = tile.rows;
       const int32_t* pairs = sorted.pairs.data() + tile.begin;
       gather_rows(x, pairs, m, s.k, D, xg.data());
-      gemm(false, false, m, H, D, xg.data(), D, w.W1 + e * D * H, H, A(0), hg.data(), H);
+      gemm_row_major(false, false, m, H, D, xg.data(), D, w.W1 + e * D * H, H, A(0), hg.data(), H);
       bias_gelu(hg.data(), w.b1 + e * H, m, H);
-      gemm(false, false, m, D, H, hg.data(), H, w.W2 + e * H * D, D, A(0), yg.data(), D);
+      gemm_row_major(false, false, m, D, H, hg.data(), H, w.W2 + e * H * D, D, A(0), yg.data(), D);
       const A* bias2 = w.b2 + e * D;
       for (int64_t i = 0; i < m; ++i) {
         const A sc = scores[pairs[i]];
@@ -273,11 +252,11 @@ Status backward(const S* dy, const S* x, const typename Io<S>::T* scores, const 
         gather_rows(x, pairs, m, s.k, D, xg.data());
         gather_rows(dy, pairs, m, s.k, D, gg.data());
         // recompute: hp = x W1 + b1 (pre-activation), hg = GELU(hp)
-        gemm(false, false, m, H, D, xg.data(), D, w1, H, A(0), hp.data(), H);
+        gemm_row_major(false, false, m, H, D, xg.data(), D, w1, H, A(0), hp.data(), H);
         bias_gelu_keep(hp.data(), hg.data(), bias1, m, H);
         // G = dy W2^T (unscaled): dscores[p] = <dy[t], h W2 + b2> = <G, h> + <dy[t], b2>, so the
         // expert output itself is never recomputed
-        gemm(false, true, m, H, D, gg.data(), D, w2, D, A(0), gh.data(), H);
+        gemm_row_major(false, true, m, H, D, gg.data(), D, w2, D, A(0), gh.data(), H);
         for (int64_t i = 0; i < m; ++i) {
           const A sc = scores[pairs[i]];
           A* g = gg.data() + i * D;
@@ -292,13 +271,13 @@ Status backward(const S* dy, const S* x, const typename Io<S>::T* scores, const 
             gbias2[c] += g[c];
           }
         }
-        gemm(true, false, H, D, m, hg.data(), H, gg.data(), D, A(1), gw2, D);      // dW2 += h^T g
+        gemm_row_major(true, false, H, D, m, hg.data(), H, gg.data(), D, A(1), gw2, D);      // dW2 += h^T g
         for (int64_t i = 0; i < m; ++i) {                                          // dh in hg
           dgelu_row(hg.data() + i * H, gh.data() + i * H, hp.data() + i * H, scores[pairs[i]],
                     gbias1, H);
         }
-        gemm(true, false, D, H, m, xg.data(), D, hg.data(), H, A(1), gw1, H);      // dW1 += x^T dh
-        gemm(false, true, m, D, H, hg.data(), H, w1, H, A(0), yg.data(), D);       // dx_p = dh W1^T
+        gemm_row_major(true, false, D, H, m, xg.data(), D, hg.data(), H, A(1), gw1, H);      // dW1 += x^T dh
+        gemm_row_major(false, true, m, D, H, hg.data(), H, w1, H, A(0), yg.data(), D);       // dx_p = dh W1^T
         for (int64_t i = 0; i < m; ++i) {
           std::copy(yg.data() + i * D, yg.data() + (i + 1) * D,
                     rows.data() + static_cast<int64_t>(pairs[i]) * D);

@@ -12,7 +12,6 @@
 // dh_{t-1} += d pre_t[:, :G] R per head (GEMM). Afterwards dR_n = sum_{t,b} d pre^T h_{t-1} is one
 // GEMM per head over all B*T rows (hist stores h_{t-1} with a uniform row stride), and db a
 // fixed-order sum per (gate, head, unit): deterministic for any thread count.
-#include <cblas.h>
 
 #include <algorithm>
 #include <vector>
@@ -21,6 +20,7 @@
 #include <omp.h>
 #endif
 
+#include "core/blas.h"
 #include "rnn/rnn_backends.h"
 #include "rnn/rnn_gemm.h"
 
@@ -29,28 +29,9 @@ namespace {
 
 using namespace fastpaper::rnn::detail;
 
-inline blasint I(int64_t v) { return static_cast<blasint>(v); }
-
-void single_threaded_blas() {
-  // OpenMP provides the parallelism; OpenBLAS threads inside would oversubscribe the cores.
-  static const bool once = [] {
-    scipy_openblas_set_num_threads(1);
-    return true;
-  }();
-  (void)once;
-}
-
-// Row-major C[M x N] = alpha op(A) op(B) + beta C.
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda,
-          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                    I(m), I(n), I(k), 1.0f, A, I(lda), B, I(ldb), beta, C, I(ldc));
-}
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* A, int64_t lda,
-          const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
-  scipy_cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-                    I(m), I(n), I(k), 1.0, A, I(lda), B, I(ldb), beta, C, I(ldc));
-}
+// OpenMP provides the parallelism, with the core's OpenBLAS single-threaded (core/blas.h).
+using fastpaper::detail::gemm_row_major;
+using fastpaper::detail::single_threaded_blas;
 
 int max_threads() {
 #if defined(_OPENMP)
@@ -273,7 +254,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
     const int64_t n = task / slices, r0 = (task % slices) * slice_rows;
     const int64_t m = std::min(slice_rows, GD - r0);
     if (rows == 0 || m <= 0) continue;  // T = 0: dR stays zero
-    gemm(true, false, m, DH, rows, a.work + n * GBD + r0, NH * GBD, a.hist + n * DH, N, T(0),
+    gemm_row_major(true, false, m, DH, rows, a.work + n * GBD + r0, NH * GBD, a.hist + n * DH, N, T(0),
          dRp.data() + (n * GD + r0) * DH, DH);
   }
 #pragma omp parallel for schedule(static)
