@@ -147,6 +147,22 @@ void gemv(bool trans, int64_t rows, int64_t cols, Same<T> alpha, const T* A, int
 }
 
 template <class T>
+void cgs_update_project(int64_t rows, int64_t cols, const T* Q, int64_t ldq, const T* h, T* w,
+                        T* h2) {
+  // A block of ~128 KiB of Q: a quarter of a 512 KiB L2, so the block read by the update
+  // is still cached when the projection reads it again.
+  constexpr int64_t kBlockBytes = 128 * 1024;
+  const int64_t per_col = std::max<int64_t>(cols, 1) * static_cast<int64_t>(sizeof(T));
+  const int64_t block = std::max<int64_t>(64, kBlockBytes / per_col / 16 * 16);
+  scale_only(cols, T(0), h2);
+  for (int64_t i0 = 0; i0 < rows; i0 += block) {
+    const int64_t nb = std::min(block, rows - i0);
+    gemv<T>(false, nb, cols, T(-1), Q + i0, ldq, h, T(1), w + i0);
+    gemv<T>(true, nb, cols, T(1), Q + i0, ldq, w + i0, T(1), h2);
+  }
+}
+
+template <class T>
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, Same<T> alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, Same<T> beta, T* Cm, int64_t ldc) {
   if (m == 0 || n == 0) return;
@@ -235,6 +251,7 @@ bool ggev(int64_t n, T* A, T* B, std::vector<T>& alpha, std::vector<T>& beta, st
   template double nrm2<T>(int64_t, const T*);                                                    \
   template void scal<T>(int64_t, Same<T>, T*);                                                   \
   template void axpy<T>(int64_t, Same<T>, const T*, T*);                                         \
+  template void cgs_update_project<T>(int64_t, int64_t, const T*, int64_t, const T*, T*, T*);     \
   template void gemv<T>(bool, int64_t, int64_t, Same<T>, const T*, int64_t, const T*, Same<T>,   \
                         T*);                                                                     \
   template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, Same<T>, const T*, int64_t,       \

@@ -35,6 +35,15 @@ void axpy(int64_t n, Same<T> a, const T* x, T* y);
 template <class T>
 void gemv(bool trans, int64_t rows, int64_t cols, Same<T> alpha, const T* A, int64_t lda,
           const T* x, Same<T> beta, T* y);
+// The middle of classical Gram-Schmidt with reorthogonalization (CGS2) in one sweep over Q:
+//   w <- w - Q h,  then  h2 = Q^H w      (Q rows x cols, column-major, leading dimension ldq)
+// Two separate gemv calls would read Q twice from memory; here Q is walked in row blocks small
+// enough to stay in cache between the update and the projection of the same block, so CGS2
+// reads the basis three times per Arnoldi step instead of four. h2 is summed block by block in a
+// fixed order (deterministic, not bitwise equal to one gemv).
+template <class T>
+void cgs_update_project(int64_t rows, int64_t cols, const T* Q, int64_t ldq, const T* h, T* w,
+                        T* h2);
 // C = alpha * op(A) op(B) + beta * C, C is m x n.
 template <class T>
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, Same<T> alpha, const T* A,

@@ -247,10 +247,10 @@ class Solver {
       ++res_.iterations;
       const double w0 = dense::nrm2(n, w);
       const int64_t cols = kc + j + 1;
-      // CGS2: two block Gram-Schmidt passes against [C, v_1..v_{j+1}] (BLAS-2).
+      // CGS2: two block Gram-Schmidt passes against [C, v_1..v_{j+1}] (BLAS-2); the first
+      // pass's update and the second pass's projection share one sweep over the basis.
       dense::gemv(true, n, cols, 1.0, W_.data(), n, w, 0.0, h.data());
-      dense::gemv(false, n, cols, -1.0, W_.data(), n, h.data(), 1.0, w);
-      dense::gemv(true, n, cols, 1.0, W_.data(), n, w, 0.0, h2.data());
+      dense::cgs_update_project(n, cols, W_.data(), n, h.data(), w, h2.data());
       dense::gemv(false, n, cols, -1.0, W_.data(), n, h2.data(), 1.0, w);
       for (int64_t i = 0; i < cols; ++i) h[i] += h2[i];
       for (int32_t i = 0; i < kc; ++i) B[i + j * kc] = h[i];
@@ -451,19 +451,20 @@ class Solver {
       rec.dim = 0;
       return 0;
     }
-    // C_new = Vhat Q, U_new = (U D P_top + V_p P_bot) R^{-1}
-    Vec Cn(static_cast<size_t>(n * knew)), Un(static_cast<size_t>(n * knew));
-    dense::gemm(false, false, n, knew, ld, 1.0, W_.data(), n, GP.data(), ld, 0.0, Cn.data(), n);
-    Vec Pt(static_cast<size_t>(std::max<int64_t>(kc, 1) * knew));
+    // C_new = Vhat Q, U_new = [U D, V_p] P R^{-1}. R^{-1} is applied to the small mm x knew
+    // coefficients (rows of U scaled by D first), not to the n x knew result: one triangular
+    // solve on mm rows instead of n. The n-row buffers persist across cycles (no reallocation).
     for (int64_t j = 0; j < knew; ++j)
-      for (int32_t i = 0; i < kc; ++i) Pt[i + j * kc] = D[i] * P[i + j * mm];
-    dense::gemm(false, false, n, knew, kc, 1.0, U.data(), n, Pt.data(), std::max(kc, 1), 0.0,
-                Un.data(), n);
-    dense::gemm(false, false, n, knew, p, 1.0, W_.data() + kc * n, n, P.data() + kc, mm, 1.0,
-                Un.data(), n);
-    dense::trsm_right_upper(n, knew, R.data(), knew, Un.data(), n);
-    std::copy(Cn.begin(), Cn.end(), W_.begin());
-    U = std::move(Un);
+      for (int32_t i = 0; i < kc; ++i) P[i + j * mm] *= D[i];
+    dense::trsm_right_upper(mm, knew, R.data(), knew, P.data(), mm);
+    cn_.resize(static_cast<size_t>(n * knew));
+    un_.resize(static_cast<size_t>(n * knew));
+    dense::gemm(false, false, n, knew, ld, 1.0, W_.data(), n, GP.data(), ld, 0.0, cn_.data(), n);
+    dense::gemm(false, false, n, knew, kc, 1.0, U.data(), n, P.data(), mm, 0.0, un_.data(), n);
+    dense::gemm(false, false, n, knew, p, 1.0, W_.data() + kc * n, n, P.data() + kc, mm,
+                kc > 0 ? 1.0 : 0.0, un_.data(), n);
+    std::copy(cn_.begin(), cn_.end(), W_.begin());
+    U.swap(un_);
     rec.dim = static_cast<int32_t>(knew);
     rec.n = n;
     rec.kind = detail::ScalarOf<T>::kind;
@@ -492,6 +493,7 @@ class Solver {
   int64_t n_;
   Vec tmp_;
   Vec W_;
+  Vec cn_, un_;  // harmonic_update's n x k results, kept to reuse their memory
   std::vector<D> xd_, bd_, rd_;  // x, b and b - A x in D
 };
 
