@@ -13,6 +13,8 @@ import torch
 from fastpaper import krylov, krylov_device
 from fastpaper import krylov_pde as pde
 
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
