@@ -165,6 +165,9 @@ def _to_device_matrix(A: Any, device: torch.device) -> torch.Tensor:
                                     check_invariants=True)  # foreign arrays: check the structure
     elif sp.issparse(A):
         A = sp.csr_array(A)
+        if not A.has_canonical_format:  # sorted, no duplicates: what cuSPARSE expects
+            A = A.copy()
+            A.sum_duplicates()
         idx = np.int32 if A.indptr.dtype == np.int32 and A.indices.dtype == np.int32 else np.int64
         T = torch.sparse_csr_tensor(torch.from_numpy(np.ascontiguousarray(A.indptr, dtype=idx)),
                                     torch.from_numpy(np.ascontiguousarray(A.indices, dtype=idx)),
@@ -503,26 +506,28 @@ class _Solver:
             self.iterations += 1
             cols = kc + j + 1
             Wc = W[:cols]
+            WcT = Wc.t()
             w0 = torch.linalg.vector_norm(w)
             h = self.dot_rows(Wc, w)
-            w.addmv_(Wc.t(), h, alpha=-1)
+            w.addmv_(WcT, h, alpha=-1)
             h2 = self.dot_rows(Wc, w)
-            w.addmv_(Wc.t(), h2, alpha=-1)
-            h = h + h2
+            w.addmv_(WcT, h2, alpha=-1)
+            h += h2
             hn = torch.linalg.vector_norm(w)
-            # the one synchronization of the step: h, ||w|| before and after, in one copy
-            vals = torch.cat([h, torch.stack([w0, hn]).to(h.dtype)]).cpu().numpy().astype(host)
-            hh = vals[:cols]
-            w0v, hnv = float(vals[cols].real), float(vals[cols + 1].real)
-            B[:kc, j] = hh[:kc]
-            Hbar[:j + 1, j] = hh[kc:]
+            # the one synchronization of the step: h, ||w|| before and after, in one copy; the
+            # Givens work below is on Python scalars (double), cheaper than numpy at this size
+            vals = torch.cat([h, torch.stack([w0, hn]).to(h.dtype)]).cpu().tolist()
+            w0v, hnv = vals[cols].real, vals[cols + 1].real
             if not (hnv > self.tol["breakdown"] * w0v) or w0v == 0.0:
                 broke, hnv = True, 0.0
                 W[kc + j + 1].zero_()
             else:
                 torch.mul(w, 1.0 / hnv, out=W[kc + j + 1])
-            Hbar[j + 1, j] = hnv
-            col = [v for v in Hbar[:j + 2, j].tolist()]
+            if kc:
+                B[:kc, j] = vals[:kc]
+            col = vals[kc:cols]
+            col.append(hnv)
+            Hbar[:j + 2, j] = col
             for i in range(j):
                 a, c = col[i], col[i + 1]
                 col[i] = cs[i] * a + sn[i] * c
