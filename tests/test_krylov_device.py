@@ -215,6 +215,19 @@ def test_harmonic_ritz_selection_reduced_and_pencil_paths_agree(cplx):
         np.testing.assert_allclose(np.sort(np.abs(np.linalg.eigvals(L))), smallest, rtol=1e-8)
 
 
+@pytest.mark.parametrize("M", [None, "jacobi"])
+def test_block_product_for_a_new_system_equals_the_column_products(darcy, M):
+    # the SpMM the CUDA path uses for C = A M^{-1} U, checked here on torch's CPU kernels
+    A, _ = darcy
+    op = krylov_device._Operator(torch_csr(A), torch.float64, M)
+    U = torch.from_numpy(np.random.default_rng(4).standard_normal((5, A.shape[0])))
+    rows = op.amv_rows(U)
+    op.block = True
+    torch.testing.assert_close(op.amv_rows(U), rows, rtol=1e-12, atol=1e-12)
+    d = A.diagonal() if M == "jacobi" else np.ones(A.shape[0])
+    np.testing.assert_allclose(rows.numpy(), (A @ (U.numpy() / d).T).T, rtol=1e-12, atol=1e-9)
+
+
 class FakeCupyCsr:
     """Shaped like a cupyx.scipy.sparse.csr_matrix: CSR arrays that export DLPack."""
 
@@ -269,9 +282,13 @@ def test_bad_input_errors(darcy):
     bad[3] = float("inf")
     with pytest.raises(ValueError, match="A: contains NaN"):
         krylov.gcrodr(torch.sparse_csr_tensor(At.crow_indices(), At.col_indices(), bad,
-                                              size=At.shape), bt, device="cpu")
+                                              size=At.shape, check_invariants=True), bt,
+                      device="cpu")
     with pytest.raises(ValueError, match="device:"):
         krylov.gcrodr(A, b, device="nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: 'cuda' asked for, but torch sees no CUDA"):
+            krylov.gcrodr(A, b, device="cuda")
     with pytest.raises(ValueError, match="k: must be smaller than m"):
         krylov.gcrodr(At, bt, m=5, k=5, device="cpu")
     space = krylov.RecycleSpace()

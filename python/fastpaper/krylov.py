@@ -337,10 +337,13 @@ def _backend_device(A, b, x0, device):
         import torch
 
         try:
-            return torch.device(device)
+            dev = torch.device(device)
         except (RuntimeError, TypeError) as e:
             raise ValueError(f"device: expected 'cpu', 'cuda', 'cuda:N' or a torch.device, got "
                              f"{device!r} ({e})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} asked for, but torch sees no CUDA device")
+        return dev
     a_dev = _array_device(A)
     on_host = a_dev is None or a_dev[0] == "cpu"
     for name, v in (("b", b), ("x0", x0)):

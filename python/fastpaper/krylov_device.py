@@ -227,6 +227,8 @@ class _Operator:
             raise ValueError("A: contains NaN or infinity")
         self.n = A.shape[0]
         self.sparse = A.layout == torch.sparse_csr
+        # C = A M^{-1} U as one SpMM (cuSPARSE) on CUDA; torch's CPU SpMM is slower than k SpMVs
+        self.block = A.device.type == "cuda"
         self.dinv = None
         self.mfn = None
         if isinstance(M, str) and M == "jacobi":
@@ -285,7 +287,7 @@ class _Operator:
 
     def amv_rows(self, U: torch.Tensor) -> torch.Tensor:
         """Rows of (A M^{-1} U^T)^T for U (kc, n): one SpMM on CUDA without a user M."""
-        if self.mfn is None and U.device.type == "cuda":
+        if self.mfn is None and self.block:
             Z = U.t() if self.dinv is None else self.dinv[:, None] * U.t()
             return (self.A @ Z.contiguous()).t().contiguous()
         return torch.stack([self.amv(U[i]) for i in range(U.shape[0])])
