@@ -33,8 +33,9 @@ residual, recomputed after every cycle (the Arnoldi estimate only ends a cycle e
 
 Cost per Arnoldi step: one SpMV, four gemv over the ``(kc + j) x n`` panel, two norms, about a
 dozen kernel launches and one small device -> host copy; per cycle a few gemm of the ``k x n``
-recycle space and the host eigenproblem of size m + k. On CUDA the step is bounded by launch and
-Python overhead (~0.1-0.2 ms) below n ~ 10^5, not by memory bandwidth. On the CPU this code is
+recycle space and the host eigenproblem of size m + k. On CUDA the step should be bounded by launch
+and Python overhead (estimated 0.1-0.2 ms) below n ~ 10^5 rather than by memory bandwidth (see
+bench/bench_krylov.py --device cuda for the measurement). On the CPU this code is
 2-6x slower than the C++ path (torch's generic sparse and BLAS-2 kernels plus Python per step;
 measured at n = 10^4 on 2 cores): use it there for testing, or for A / M given as torch tensors.
 
