@@ -20,6 +20,16 @@ per product, a few microseconds against ~50 us per SpMV at n = 10^4). Threads: w
 OpenBLAS use by default (fastpaper's solver runs its BLAS single-threaded).
 
     python bench/bench_krylov.py [--family darcy] [--grid 102 [257 ...]] [--count 20] [--json out.json]
+    python bench/bench_krylov.py --device cuda --grid 257 --count 5 --only "GCRO-DR recycled+sorted" \
+        --only gcrotmk      # the torch (GPU) backend next to the C++ path and scipy gcrotmk
+
+--device DEV adds rows "fastpaper[DEV] ..." for the torch backend (fastpaper.krylov_device:
+cuSPARSE SpMV and cuBLAS on CUDA, small dense problems on the host) on the same systems: GMRES(40),
+GCRO-DR recycled+sorted in float64/complex128 and in single (mixed) precision. The matrices are
+moved to DEV before the clock starts (assembly happens on the host in this benchmark); the time per
+system includes everything else (the solve synchronizes the device before returning).
+--device cpu runs the same torch code on torch's CPU kernels (slower than the C++ path: it exists to
+test the GPU code on CPU). --only keeps the methods whose name contains one of the given strings.
 
 --grid 102 gives 10^4 unknowns, --grid 257 gives 6.5 x 10^4 (the issue's two sizes).
 The "single" row solves float32 (complex64) copies of the systems with fastpaper's mixed-precision
@@ -148,6 +158,36 @@ def run_fastpaper_single(As, bs, rtol, maxiter, order):
     return rows
 
 
+def run_device(As, bs, rtol, maxiter, method, order, device, single=False):
+    """The torch backend on ``device``: A and b moved there first (not timed)."""
+    import torch
+
+    from fastpaper.krylov_device import to_device_matrix
+
+    dev = torch.device(device)
+    mats = []
+    for A, b in zip(As, bs):
+        if single:
+            dt = np.complex64 if np.iscomplexobj(A.data) or np.iscomplexobj(b) else np.float32
+            A, b = A.astype(dt), b.astype(dt)
+        mats.append((to_device_matrix(A, dev), torch.from_numpy(np.ascontiguousarray(b)).to(dev)))
+    # warm-up (CUDA context, cuSPARSE / cuBLAS handles, the first kernels): a few steps, untimed
+    krylov.gcrodr(*mats[0], m=40, k=20, maxiter=45, rtol=rtol, device=dev)
+    rows = [None] * len(As)
+    solver = krylov.RecyclingSolver(40, 20, rtol=rtol, maxiter=maxiter, device=dev)
+    for i in order:
+        At, bt = mats[i]
+        t = time.perf_counter()
+        if method == "gmres":
+            x, info = krylov.gmres(At, bt, rtol=rtol, m=40, maxiter=maxiter, device=dev)
+        else:
+            x, info = solver.solve(At, bt)
+        sec = time.perf_counter() - t  # the solve synchronized the device before returning
+        ok = info.converged if single else info.converged and _ok(As[i], x.cpu().numpy(), bs[i], rtol)
+        rows[i] = (info.matvecs, sec, ok)
+    return rows
+
+
 def run_splu(As, bs, rtol):
     rows = []
     for A, b in zip(As, bs):
@@ -200,10 +240,21 @@ def run_grid(args, grid):
         ("pyamg SA + scipy gmres(40)", lambda: run_pyamg_gmres(As, bs, r, mi)),
         ("pyamg SA + fastpaper GCRO-DR recycled+sorted", lambda: run_pyamg_gcrodr(As, bs, r, mi, order)),
     ]
+    if args.device:
+        dv = args.device
+        methods[7:7] = [
+            (f"fastpaper[{dv}] GMRES(40)", lambda: run_device(As, bs, r, mi, "gmres", ident, dv)),
+            (f"fastpaper[{dv}] GCRO-DR recycled+sorted",
+             lambda: run_device(As, bs, r, mi, "gcrodr", order, dv)),
+            (f"fastpaper[{dv}] GCRO-DR recycled+sorted single",
+             lambda: run_device(As, bs, r, mi, "gcrodr", order, dv, single=True)),
+        ]
     missing = _pyamg_missing()
     results = []
     for name, fn in methods:
         if any(s in name for s in args.skip):
+            continue
+        if args.only and not any(s in name for s in args.only):
             continue
         if name.startswith("pyamg") and missing:
             results.append({"method": name, "unavailable": missing})
@@ -215,21 +266,28 @@ def run_grid(args, grid):
                         "ms_per_system": float(sec.mean() * 1e3),
                         "total_s": float(sec.sum()) + (sort_s if "sorted" in name else 0.0),
                         "failed": int(sum(not row[2] for row in rows))})
-        print(f"  done {name}", file=sys.stderr, flush=True)
+        print(f"  done {name}: {mv.mean():.1f} matvecs, {sec.mean() * 1e3:.2f} ms per system, "
+              f"{results[-1]['failed']} failed", file=sys.stderr, flush=True)
     base = next((x for x in results if x["method"] == "scipy gmres(40)"), None)
-    head = (f"{'method':46s} {'matvecs/system':>15s} {'ms/system':>10s} {'failed':>7s} "
-            f"{'speedup vs scipy gmres':>23s}")
+    w = max([46] + [len(x["method"]) for x in results])
+    # the C++ path's best float64 row: the reference for the device rows
+    cpp = next((x for x in results if x["method"] == "fastpaper GCRO-DR recycled+sorted"), None)
+    head = (f"{'method':{w}s} {'matvecs/system':>15s} {'ms/system':>10s} {'failed':>7s} "
+            f"{'speedup vs scipy gmres':>23s} {'vs C++ GCRO-DR rec+sort':>24s}")
     print(head)
     print("-" * len(head))
     for x in results:
         if "unavailable" in x:
-            print(f"{x['method']:46s} {x['unavailable']}")
+            print(f"{x['method']:{w}s} {x['unavailable']}")
             continue
         x["speedup_vs_scipy_gmres"] = base["ms_per_system"] / x["ms_per_system"] if base else None
         sp = f"{x['speedup_vs_scipy_gmres']:.2f}x" if base else "-"
-        print(f"{x['method']:46s} {x['matvecs_mean']:15.1f} {x['ms_per_system']:10.2f} "
-              f"{x['failed']:7d} {sp:>23s}")
+        x["speedup_vs_cpp_gcrodr"] = cpp["ms_per_system"] / x["ms_per_system"] if cpp else None
+        sc = f"{x['speedup_vs_cpp_gcrodr']:.2f}x" if cpp else "-"
+        print(f"{x['method']:{w}s} {x['matvecs_mean']:15.1f} {x['ms_per_system']:10.2f} "
+              f"{x['failed']:7d} {sp:>23s} {sc:>24s}")
     return {"family": args.family, "grid": grid, "n": n, "count": args.count, "rtol": args.rtol,
+            "device": args.device,
             "dtype": str(As[0].dtype),
             "maxiter": args.maxiter, "sort_seconds": sort_s, "results": results}
 
@@ -245,8 +303,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--single", action="store_true", help="float32 / complex64 systems")
     ap.add_argument("--skip", action="append", default=[], help="skip a method (repeatable)")
+    ap.add_argument("--only", action="append", default=[],
+                    help="run only methods whose name contains this (repeatable)")
+    ap.add_argument("--device", default=None,
+                    help="also run the torch backend on this device (cuda, cuda:1, cpu)")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch.set_num_threads for --device cpu (default: torch's own)")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     runs = [run_grid(args, g) for g in args.grid]
     if args.json:
         with open(args.json, "w") as f:

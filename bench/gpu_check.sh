@@ -55,5 +55,17 @@ timeout 120 "$python" bench/bench_moe.py --device cuda --dtype bfloat16 \
 timeout 120 "$python" bench/bench_moe.py --device cuda --dtype float32 --skip-dense-masked \
   --json "$out/bench_moe_fp32.json" 2>&1 | tee -a "$out/bench.log" || status=1
 
+# krylov: the torch backend on CUDA (cuSPARSE SpMV and cuBLAS through torch, small dense problems
+# on the host) next to the C++ CPU path and scipy gcrotmk with carried CU, n = 6.5e4 (grid 257),
+# recycled + greedy-sorted sequences. Unpreconditioned Helmholtz needs more than 10^4 steps per
+# system at this size (5.8e3 at n = 1e4), so it runs a fixed budget of 2000 steps per system:
+# every fastpaper row does the same 2000 steps ("failed" = not converged), which times one step.
+timeout 300 "$python" bench/bench_krylov.py --device cuda --family darcy --grid 257 --count 5 \
+  --only "GCRO-DR recycled+sorted" --only gcrotmk --only splu \
+  --json "$out/bench_krylov_darcy.json" 2>&1 | tee -a "$out/bench.log" || status=1
+timeout 300 "$python" bench/bench_krylov.py --device cuda --family helmholtz --grid 257 --count 2 \
+  --maxiter 2000 --only "GCRO-DR recycled+sorted" --only gcrotmk \
+  --json "$out/bench_krylov_helmholtz.json" 2>&1 | tee -a "$out/bench.log" || status=1
+
 step "done (status $status)"
 exit $status

@@ -17,7 +17,9 @@ complex systems use conjugate transposes), with
 
 Both solvers run in C++ (``fastpaper._krylov``: OpenMP SpMV, OpenBLAS/LAPACK from
 scipy-openblas32, CGS2 orthogonalization, LAPACK ``?geev``/``?ggev`` for the harmonic Ritz
-problem). Single precision (float32 / complex64) is mixed precision: A, the preconditioner, the
+problem) for host arrays, and in :mod:`fastpaper.krylov_device` (the same algorithm on torch
+tensors: cuSPARSE SpMV and cuBLAS through torch on CUDA, small dense problems on the host) for
+torch CUDA tensors and cupy sparse matrices, or any input with ``device=``. Single precision (float32 / complex64) is mixed precision: A, the preconditioner, the
 Krylov basis and the recycle space are single (half the memory traffic that bounds large solves:
 2-3x faster per iteration at n = 6.5e4), while the iterate and the true residual of a matrix A are
 accumulated in double, so each restart refines the solution and rtol may go below float32's own
@@ -96,30 +98,79 @@ class RecycleSpace:
 
     def __init__(self) -> None:
         self._space = _C.RecycleSpace()
+        # Filled by the device backend (krylov_device): U's rows, a (dim, n) torch tensor kept on
+        # its device between solves; None while the space lives in the C++ object.
+        self._dev = None
 
     @property
     def dim(self) -> int:
-        return int(self._space.dim)
+        return int(self._dev.shape[0]) if self._dev is not None else int(self._space.dim)
 
     @property
     def n(self) -> int:
-        return int(self._space.n)
+        return int(self._dev.shape[1]) if self._dev is not None else int(self._space.n)
 
     @property
     def is_complex(self) -> bool:
-        return bool(self._space.is_complex)
+        return self.dtype.kind == "c" if self._dev is not None else bool(self._space.is_complex)
 
     @property
     def dtype(self) -> np.dtype:
+        if self._dev is not None:
+            return np.dtype(str(self._dev.dtype).replace("torch.", ""))
         return np.dtype(self._space.dtype)
 
     @property
-    def U(self) -> np.ndarray:
+    def device(self):
+        """The torch.device holding U (a device solve filled it), or None (host, C++ backend)."""
+        return None if self._dev is None else self._dev.device
+
+    @property
+    def U(self):
+        """A copy of U, (n, dim): a numpy array, or a torch tensor on ``device`` when a device
+        solve filled the space."""
+        if self._dev is not None:
+            return self._dev.t().clone()
         out = np.empty(self.n * self.dim, dtype=self.dtype)
         getattr(self._space, f"get_{self.dtype.name}")(out)
         return out.reshape(self.dim, self.n).T.copy()
 
+    def _to_host(self) -> None:
+        """Moves a device-held U into the C++ space (before a C++ solve)."""
+        if self._dev is not None:
+            U = self._dev.t().cpu().numpy()
+            self._dev = None
+            self._space = _C.RecycleSpace()
+            if U.shape[1] > 0:
+                self.set(U)
+
+    def _device_rows(self, device):
+        """U's rows (dim, n) as a torch tensor on ``device`` (for a device solve)."""
+        import torch
+
+        if self._dev is not None:
+            return self._dev.to(device)
+        return torch.from_numpy(np.ascontiguousarray(self.U.T)).to(device)
+
+    def _store_device(self, rows) -> None:
+        self._space = _C.RecycleSpace()
+        self._dev = rows
+
     def set(self, U: Any) -> None:
+        self._dev = None
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(U, torch.Tensor):
+            if U.device.type != "cpu":
+                if U.dim() != 2:
+                    raise ValueError(f"U: expected a 2-D array (n, k), got shape {tuple(U.shape)}")
+                if not bool(torch.isfinite(U).all()):
+                    raise ValueError("U: contains NaN or infinity")
+                dt = _working_dtype(np.dtype(str(U.dtype).replace("torch.", "")
+                                             .replace("bfloat16", "float16")))
+                self._space = _C.RecycleSpace()
+                self._dev = U.detach().t().to(getattr(torch, dt.name)).contiguous()
+                return
+            U = U.detach().numpy()
         U = np.asarray(U)
         if not (np.issubdtype(U.dtype, np.number) or U.dtype == bool):
             raise TypeError(f"U: expected numbers, got dtype {U.dtype}")
@@ -135,6 +186,7 @@ class RecycleSpace:
     def reset(self) -> None:
         """Forget U (the next solve starts fresh)."""
         self._space = _C.RecycleSpace()
+        self._dev = None
 
 
 # ---- input conversion -----------------------------------------------------------------------------
@@ -255,7 +307,67 @@ def _check_int(v: Any, name: str, low: int) -> int:
     return int(v)
 
 
-def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter):
+def _array_device(v: Any):
+    """(type, index) of the device holding an array -- a torch tensor, a cupy(x) array or sparse
+    matrix, anything with ``__dlpack_device__`` -- or None for host objects. Imports nothing."""
+    if v is None:
+        return None
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(v, torch.Tensor):
+        return (v.device.type, v.device.index)
+    import scipy.sparse as sp
+
+    if isinstance(v, np.ndarray) or sp.issparse(v):
+        return None
+    if all(hasattr(v, a) for a in ("data", "indices", "indptr", "shape")):  # cupyx.scipy.sparse
+        return _array_device(v.data)
+    f = getattr(v, "__dlpack_device__", None)
+    if f is not None:
+        kind, index = f()
+        return ("cuda", int(index)) if int(kind) == 2 else ("cpu", None)
+    if hasattr(v, "__cuda_array_interface__"):
+        return ("cuda", None)
+    return None
+
+
+def _backend_device(A, b, x0, device):
+    """The device for the torch backend (krylov_device), or None for the C++ path: ``device``
+    when given, else A's device when A lives on an accelerator (b and x0 must be there too)."""
+    if device is not None:
+        import torch
+
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device: expected 'cpu', 'cuda', 'cuda:N' or a torch.device, got "
+                             f"{device!r} ({e})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} asked for, but torch sees no CUDA device")
+        return dev
+    a_dev = _array_device(A)
+    on_host = a_dev is None or a_dev[0] == "cpu"
+    for name, v in (("b", b), ("x0", x0)):
+        d = _array_device(v)
+        v_host = d is None or d[0] == "cpu"
+        if v is not None and (v_host != on_host or (not on_host and d != a_dev
+                                                     and None not in (d[1], a_dev[1]))):
+            where = lambda t: "the host" if t is None or t[0] == "cpu" else ":".join(  # noqa: E731
+                str(p) for p in t if p is not None)
+            raise ValueError(f"{name}: is on {where(d)}, A is on {where(a_dev)}; put A, b and x0 "
+                             "on one device (or pass device=... to move them)")
+    if on_host:
+        return None
+    import torch
+
+    return torch.device(a_dev[0], a_dev[1])
+
+
+def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, device=None):
+    dev = _backend_device(A, b, x0, device)
+    if dev is not None:
+        return _solve_device(method, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, dev)
+    if recycle is not None and isinstance(recycle, RecycleSpace):
+        recycle._to_host()
     n, csr, afn, a_dtype = _csr_of(A)
     # the common type of A, b and x0 (a real A is promoted for a complex b, float32 for a float64 b)
     dtypes = [a_dtype, _dtype_of(b, "b")] + ([] if x0 is None else [_dtype_of(x0, "x0")])
@@ -303,17 +415,40 @@ def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxite
     return x, info
 
 
+def _solve_device(method, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, device):
+    """The torch backend (:mod:`fastpaper.krylov_device`) after the same argument checks."""
+    m = _check_int(m, "m", 1)
+    k = _check_int(k, "k", 0)
+    if method == "gcrodr" and k >= m:
+        raise ValueError(f"k: must be smaller than m, got k={k}, m={m}")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(v, (int, float, np.floating)) and np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+    maxiter = 10000 if maxiter is None else _check_int(maxiter, "maxiter", 0)
+    if recycle is not None and not isinstance(recycle, RecycleSpace):
+        raise TypeError(f"recycle: expected a fastpaper.krylov.RecycleSpace, got {type(recycle).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback: expected a callable f(residual_norm)")
+    from . import krylov_device
+
+    return krylov_device.solve(method, A, b, x0, rtol=rtol, atol=atol, m=m, k=k, M=M,
+                               recycle=recycle, callback=callback, maxiter=maxiter, device=device)
+
+
 def gcrodr(A, b, x0=None, *, rtol: float = 1e-8, atol: float = 0.0, m: int = 40, k: int = 20,
            M=None, recycle: Optional[RecycleSpace] = None, callback=None,
-           maxiter: Optional[int] = None):
+           maxiter: Optional[int] = None, device=None):
     r"""Solve :math:`A x = b` with GCRO-DR(m, k), optionally recycling U across calls.
 
     Parameters
     ----------
     A : scipy.sparse matrix/array (any format; converted to CSR, int32 or int64 indices),
-        2-D numpy array, ``scipy.sparse.linalg.LinearOperator`` or torch sparse CSR tensor; (n, n),
-        real or complex.
-    b : array of n values (real or complex).
+        2-D numpy array, ``scipy.sparse.linalg.LinearOperator``, torch sparse CSR (or strided)
+        tensor, or ``cupyx.scipy.sparse`` matrix; (n, n), real or complex. A torch tensor on a CUDA
+        device or a cupy matrix runs the device backend (:mod:`fastpaper.krylov_device`: SpMV by
+        cuSPARSE and BLAS by cuBLAS through torch, the small Hessenberg / harmonic Ritz problems on
+        the host) and returns x on the device.
+    b : array of n values (real or complex); on A's device when A is on a device.
     x0 : initial guess (default zeros).
     rtol, atol : stop when :math:`\|b - A x\|_2 \le \max(\text{rtol}\,\|b\|_2, \text{atol})`.
     m : Arnoldi vectors per cycle (restart length), >= 1.
@@ -325,22 +460,29 @@ def gcrodr(A, b, x0=None, *, rtol: float = 1e-8, atol: float = 0.0, m: int = 40,
     callback : ``callback(residual_norm)`` after every Arnoldi step (the recurrence's estimate);
         returning True stops the solve.
     maxiter : cap on Arnoldi steps (default 10000, as the SKR paper's ``-ksp_max_it``).
+    device : None (default: the C++ solver for host arrays, the device backend for arrays on a
+        GPU), or ``"cuda"`` / ``"cuda:N"`` / ``"cpu"`` / a torch.device to run the torch backend there
+        (inputs are moved; ``"cpu"`` runs the GPU code on torch's CPU kernels, slower than the
+        C++ path). The torch backend takes M = None, ``"jacobi"``, a torch matrix, or a callable
+        on device tensors; ``"ilu0"`` is C++ only.
 
     Returns
     -------
-    x : ndarray (n,) of the working scalar type: float32, float64, complex64 or complex128
+    x : ndarray (n,) of the working scalar type: float32, float64, complex64 or complex128; from
+        the torch backend the same kind of array as b (torch tensor on b's device, cupy array,
+        or numpy)
     info : :class:`SolveInfo`
     """
-    return _solve("gcrodr", A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter)
+    return _solve("gcrodr", A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, device)
 
 
 def gmres(A, b, x0=None, *, rtol: float = 1e-8, atol: float = 0.0, m: int = 40, M=None,
-          callback=None, maxiter: Optional[int] = None):
+          callback=None, maxiter: Optional[int] = None, device=None):
     r"""Solve :math:`A x = b` with restarted GMRES(m) (the GCRO-DR code path with k = 0).
 
     Same arguments and results as :func:`gcrodr`, without ``k`` and ``recycle``.
     """
-    return _solve("gmres", A, b, x0, rtol, atol, m, 0, M, None, callback, maxiter)
+    return _solve("gmres", A, b, x0, rtol, atol, m, 0, M, None, callback, maxiter, device)
 
 
 class RecyclingSolver:
@@ -352,12 +494,13 @@ class RecyclingSolver:
     """
 
     def __init__(self, m: int = 40, k: int = 20, *, rtol: float = 1e-8, atol: float = 0.0,
-                 M=None, maxiter: Optional[int] = None) -> None:
+                 M=None, maxiter: Optional[int] = None, device=None) -> None:
         m = _check_int(m, "m", 1)
         k = _check_int(k, "k", 0)
         if k >= m:
             raise ValueError(f"k: must be smaller than m, got k={k}, m={m}")
         self.m, self.k, self.rtol, self.atol, self.M, self.maxiter = m, k, rtol, atol, M, maxiter
+        self.device = device  # see gcrodr: None picks the backend from A's device
         self.recycle = RecycleSpace()
 
     def solve(self, A, b, x0=None, *, callback=None):
@@ -367,7 +510,8 @@ class RecyclingSolver:
             raise ValueError(f"A: this solver's recycle space has length {self.recycle.n}, A is "
                              f"{n} x {n}; call reset() between problem sizes")
         return gcrodr(A, b, x0, rtol=self.rtol, atol=self.atol, m=self.m, k=self.k, M=self.M,
-                      recycle=self.recycle, callback=callback, maxiter=self.maxiter)
+                      recycle=self.recycle, callback=callback, maxiter=self.maxiter,
+                      device=self.device)
 
     def reset(self) -> None:
         self.recycle.reset()
@@ -488,14 +632,15 @@ class SequenceResult:
 def solve_sequence(As: Sequence[Any], bs: Sequence[Any], *, params: Any = None, sort: Optional[str] = "auto",
                    m: int = 40, k: int = 20, rtol: float = 1e-8, atol: float = 0.0, M=None,
                    maxiter: Optional[int] = None, recycle: bool = True,
-                   progress: bool = False) -> SequenceResult:
+                   progress: bool = False, device=None) -> SequenceResult:
     """Solve :math:`A_i x_i = b_i` in a similarity order with one :class:`RecyclingSolver`.
 
     ``params`` (N, ...) drive :func:`sort_systems` (method ``sort``); without params, or with
     ``sort=None``, the systems are solved in the given order. ``recycle=False`` solves each
     system with a fresh GCRO-DR (deflation within the solve only). Returns solutions and
     :class:`SolveInfo` objects in the caller's order (``result.solutions[i]`` solves system i) and
-    ``result.stats`` with totals.
+    ``result.stats`` with totals. ``device`` as in :func:`gcrodr` (U then stays on the device
+    from one system to the next).
     """
     N = len(As)
     if len(bs) != N:
@@ -508,7 +653,7 @@ def solve_sequence(As: Sequence[Any], bs: Sequence[Any], *, params: Any = None, 
     else:
         order = np.arange(N)
     sort_seconds = time.perf_counter() - t0
-    solver = RecyclingSolver(m, k, rtol=rtol, atol=atol, M=M, maxiter=maxiter)
+    solver = RecyclingSolver(m, k, rtol=rtol, atol=atol, M=M, maxiter=maxiter, device=device)
     solutions: list = [None] * N
     infos: list = [None] * N
     it = order
