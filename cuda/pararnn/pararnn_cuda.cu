@@ -268,14 +268,8 @@ lookback_kernel(const S* __restrict__ J, const S* r, const S* __restrict__ h0, S
       if (w == 0) {
         // newest to oldest: aggregates go before the prefix, an inclusive state ends the walk
         for (int v = 0; v < kWarps && !found && j - v >= 0; ++v) {
-          if (sflag[v][lane] == kInclusive) {
-#pragma unroll
-            for (int i = 0; i < K; ++i) x[i] = smb[v][lane][i];
-            affine_apply<K>(pA, pb, x);
-            found = true;
-          } else {
-            affine_compose_before<K>(&smA[v][lane][0], &smb[v][lane][0], pA, pb);
-          }
+          found = lookback_take<K>(sflag[v][lane] == kInclusive, &smA[v][lane][0],
+                                   &smb[v][lane][0], pA, pb, x);
         }
         // block 0 is always INCLUSIVE, so every lane is done once the window reaches it
         const bool all = __all_sync(0xffffffffu, found);

@@ -80,6 +80,21 @@ FP_SCAN_UNROLL
   affine_compose_after<K>(a, c, A, b);
 }
 
+// One predecessor block of the look-back, newest first: an INCLUSIVE one (its payload `b` is the
+// state leaving it) ends the walk with x = P(b); an AGGREGATE one (its map (A, b)) goes before the
+// exclusive prefix (P, q) and the walk goes on. Returns true when the walk has ended.
+template <int K, typename T>
+FP_HD bool lookback_take(bool inclusive, const T* A, const T* b, T* P, T* q, T* x) {
+  if (inclusive) {
+FP_SCAN_UNROLL
+    for (int i = 0; i < K; ++i) x[i] = b[i];
+    affine_apply<K>(P, q, x);
+    return true;
+  }
+  affine_compose_before<K>(A, b, P, q);
+  return false;
+}
+
 // How the look-back kernel cuts the time axis: every chain (batch element x tile of 32 groups)
 // gets `blocks` time blocks of `warps * chunk` scan steps (a thread composes `chunk` steps), the
 // last one possibly shorter; blocks * (warps * chunk) >= time > (blocks - 1) * (warps * chunk), so
