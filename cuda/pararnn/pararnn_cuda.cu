@@ -39,6 +39,9 @@
 // finishes. Memory ordering: payloads are written with plain stores, then __threadfence() by
 // every writer lane, __syncwarp(), and a release store of the status word by lane 0; readers
 // acquire-load the status word (each lane itself) and then read the payload through L2 (__ldcg).
+// Rounding: how far back a block walks (which predecessors it finds INCLUSIVE) depends on timing,
+// so the association of the compositions, and with it the last bits of a floating-point result,
+// may differ from run to run (exactly representable inputs give exact results either way).
 // The workspace (ticket counter, status words, payloads) is a stream-ordered allocation
 // (cudaMallocAsync / cudaMemsetAsync / cudaFreeAsync), so the op stays capturable in CUDA graphs
 // and needs no host synchronization.
