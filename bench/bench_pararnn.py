@@ -174,7 +174,8 @@ def run_scan_long(device: torch.device, warmup: int, repeats: int, dtype_name: s
 
 def format_table(result: dict) -> str:
     md = result["metadata"]
-    head = (f"ParaRNN, {md['dtype']}, B={md['B']} T={md['T']} N={md['N']} (input size {md['D']}) on "
+    cells = f" (input size {md['D']})" if md["D"] else ""
+    head = (f"ParaRNN, {md['dtype']}, B={md['B']} T={md['T']} N={md['N']}{cells} on "
             f"{md['device_name']} ({md['device']}, {md['torch_threads']} threads), median of "
             f"{md['repeats']}")
     cols = ("workload", "implementation", "ms", "vs " + md.get("speedup_baseline", "loop"),
