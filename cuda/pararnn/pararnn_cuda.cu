@@ -4,9 +4,9 @@
 // threads 32 consecutive channel groups (lane = group, so a warp's loads of one time step are
 // contiguous) of one batch element: a "chain" = (batch element, tile of 32 groups).
 //
-// chain_kernel — one CTA per chain (grid = batch x ceil(groups / 32)) walks the chain's whole time
-// axis in segments of kWarps * L steps (L = steps per thread, up to kMaxChunk). Within a segment
-// warp w owns the time chunk [w L, (w + 1) L):
+// chain_kernel — one CTA per chain (grid = batch x ceil(groups / 32)) walks the chain's whole
+// time axis in segments of kWarps * L steps (L = steps per thread, up to kMaxChunk). Within a
+// segment warp w owns the time chunk [w L, (w + 1) L):
 //   1. each thread composes the affine maps of its chunk, (A, b) = (J_s, r_s) o ... o (J_1, r_1),
 //      in registers and stores it to shared memory;
 //   2. each thread applies the maps of the chunks before its own to the segment carry (at most
@@ -234,7 +234,9 @@ lookback_kernel(const S* __restrict__ J, const S* r, const S* __restrict__ h0, S
   if (blk == 0) {
     if (w == 0) {
 #pragma unroll
-      for (int i = 0; i < K; ++i) x[i] = (active && h0) ? Io<S>::load(h0[b * sg.channels + g * K + i]) : T(0);
+      for (int i = 0; i < K; ++i) {
+        x[i] = (active && h0) ? Io<S>::load(h0[b * sg.channels + g * K + i]) : T(0);
+      }
     }
   } else {
     T pA[K * K], pb[K];  // exclusive prefix: the maps of blocks (j, blk) composed
@@ -347,7 +349,8 @@ Status launch_lookback(const S* J, const S* r, const S* h0, S* h, const ScanShap
                 "pararnn::linear_scan: chains x time blocks exceeds the CUDA grid limit");
   }
   // layout: ticket | status words | aggregates | inclusive states (each 256-byte aligned)
-  const size_t head = round_up(sizeof(unsigned)) + round_up(static_cast<size_t>(ctas) * sizeof(unsigned));
+  const size_t head =
+      round_up(sizeof(unsigned)) + round_up(static_cast<size_t>(ctas) * sizeof(unsigned));
   const size_t agg = round_up(static_cast<size_t>(ctas) * (K * K + K) * kLanes * sizeof(T));
   const size_t inc = static_cast<size_t>(ctas) * K * kLanes * sizeof(T);
   char* ws = nullptr;
