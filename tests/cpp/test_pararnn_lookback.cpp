@@ -47,10 +47,12 @@ std::vector<double> sequential(const std::vector<double>& J, const std::vector<d
         for (int i = 0; i < K; ++i) {
           double acc = r[(b * T + t) * N + g * K + i];
           if (!c.adjoint) {
-            for (int j = 0; j < K; ++j) acc += J[((b * T + t) * c.groups + g) * K * K + i * K + j] * s[j];
+            const double* Jt = &J[((b * T + t) * c.groups + g) * K * K];
+            for (int j = 0; j < K; ++j) acc += Jt[i * K + j] * s[j];
           } else if (n > 0) {
             const int64_t tj = back ? t + 1 : t - 1;
-            for (int j = 0; j < K; ++j) acc += J[((b * T + tj) * c.groups + g) * K * K + j * K + i] * s[j];
+            const double* Jt = &J[((b * T + tj) * c.groups + g) * K * K];
+            for (int j = 0; j < K; ++j) acc += Jt[j * K + i] * s[j];  // J^T
           }
           next[i] = acc;
         }
@@ -138,7 +140,8 @@ void check(const Case& c, unsigned seed) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<double> u(-1.0, 1.0);
   const int64_t N = c.groups * K;
-  std::vector<double> J(c.batch * c.time * c.groups * K * K), r(c.batch * c.time * N), h0(c.batch * N);
+  std::vector<double> J(c.batch * c.time * c.groups * K * K), r(c.batch * c.time * N);
+  std::vector<double> h0(c.batch * N);
   for (double& v : J) v = u(rng) * 0.95 / K;  // max row sum < 1: bounded for any T
   for (double& v : r) v = u(rng);
   for (double& v : h0) v = u(rng);
@@ -154,7 +157,7 @@ void check(const Case& c, unsigned seed) {
 
 TEST(PararnnLookback, EmulationMatchesSequential) {
   unsigned seed = 1;
-  for (int64_t time : {int64_t{1}, int64_t{2}, int64_t{7}, int64_t{64}, int64_t{65}, int64_t{1001}}) {
+  for (int64_t time : std::vector<int64_t>{1, 2, 7, 64, 65, 1001}) {
     for (bool reverse : {false, true}) {
       for (bool adjoint : {false, true}) {
         // (target CTAs, min chunk): one block per chain; short blocks with long look-back walks
@@ -172,8 +175,10 @@ TEST(PararnnLookback, EmulationMatchesSequential) {
 }
 
 TEST(PararnnLookback, PlanCoversTimeAndTicketsOrderPredecessors) {
-  for (int64_t time : {int64_t{1}, int64_t{2}, int64_t{100}, int64_t{4097}, int64_t{100003}, int64_t{1} << 20}) {
-    for (int64_t chains : {int64_t{1}, int64_t{2}, int64_t{7}, int64_t{264}, int64_t{100000}}) {
+  const std::vector<int64_t> times{1, 2, 100, 4097, 100003, int64_t{1} << 20};
+  const std::vector<int64_t> chain_counts{1, 2, 7, 264, 100000};
+  for (int64_t time : times) {
+    for (int64_t chains : chain_counts) {
       const LookbackPlan p = plan_lookback(time, chains, kWarps, 8 * 132, 8);
       const int64_t len = kWarps * p.chunk;
       EXPECT_GE(p.chunk, 8);
