@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_pararnn import make_scan_inputs, reference_scan, structure_of
+from test_pararnn import make_scan_inputs, reference_adjoint, reference_scan, structure_of
 
 from fastpaper import pararnn
 
@@ -81,21 +81,36 @@ def test_half_storage_long_t(path, dtype, k, t):
         torch.testing.assert_close(gpu.cpu().float(), cpu.float(), rtol=2e-2, atol=2e-2)
 
 
-@pytest.mark.parametrize("k", [1, 2])
+def partial_signed_permutations(shape, k, g):
+    """k x k blocks with at most one entry +-1 per row and per column (a signed permutation with
+    some rows zeroed): every product of them is again such a block, so all compositions, in any
+    association, have entries in {-1, 0, 1}."""
+    perm = torch.argsort(torch.rand(*shape, k, generator=g), dim=-1)
+    sign = torch.randint(0, 2, (*shape, k), generator=g).float() * 2 - 1
+    keep = (torch.rand(*shape, k, generator=g) > 0.2).float()
+    J = torch.zeros(*shape, k, k)
+    J.scatter_(-1, perm.unsqueeze(-1), (sign * keep).unsqueeze(-1))
+    return J
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
 def test_exactly_representable_is_bit_exact(path, k):
-    """J in {-1, 0, 1}, integer r: every partial result is an integer, so any association of the
-    compositions (chunks, blocks, look-back windows) must give the sequential loop's bits."""
+    """Integer r and J blocks whose products stay in {-1, 0, 1}: every partial result is an
+    integer below 3 T < 2^24, so any association of the compositions (chunks, blocks, look-back
+    windows) must give the sequential loop's bits."""
     g = torch.Generator().manual_seed(k)
     t, n = 20001, 8 * k  # about 300 look-back blocks of 64 steps
-    shape = (1, t, n) if k == 1 else (1, t, n // k, k, k)
-    J = torch.randint(-1, 2, shape, generator=g).float()
+    J = partial_signed_permutations((1, t, n // k), k, g)
+    if k == 1:
+        J = J.reshape(1, t, n)
     r = torch.randint(-3, 4, (1, t, n), generator=g).float()
     for reverse in (False, True):
         ref = reference_scan(J, r, None, k, reverse)
         gpu = pararnn.linear_scan(J.cuda(), r.cuda(), None, structure_of(k), reverse).cpu().double()
-        finite = ref.abs() < 2**24
-        assert finite.float().mean() > 0.01
-        assert torch.equal(gpu[finite], ref[finite])
+        assert torch.equal(gpu, ref)
+        ref = reference_adjoint(J, r, k, reverse)
+        gpu = pararnn.linear_scan(J.cuda(), r.cuda(), None, structure_of(k), reverse, adjoint=True)
+        assert torch.equal(gpu.cpu().double(), ref)
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
@@ -119,7 +134,9 @@ def test_gradcheck_lookback(monkeypatch):
     monkeypatch.setenv("FASTPAPER_PARARNN_SCAN", "lookback")
     J, r, h0 = make_scan_inputs(1, 150, 4, 2, seed=2)  # 150 steps: 3 time blocks of 64
     args = [a.cuda().requires_grad_() for a in (J, r, h0)]
-    assert torch.autograd.gradcheck(lambda J, r, h0: pararnn.linear_scan(J, r, h0, "block"), args)
+    # nondet_tol: the look-back's last bits may vary between runs (see the kernel's header)
+    assert torch.autograd.gradcheck(lambda J, r, h0: pararnn.linear_scan(J, r, h0, "block"), args,
+                                    nondet_tol=1e-12)
 
 
 def test_lookback_cuda_graph_capture(monkeypatch):
