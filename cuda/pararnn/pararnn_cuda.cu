@@ -46,9 +46,9 @@
 // (cudaMallocAsync / cudaMemsetAsync / cudaFreeAsync), so the op stays capturable in CUDA graphs
 // and needs no host synchronization.
 //
-// Dispatch (linear_scan below): the look-back kernel when chains < 2 x (SM count) and
-// T >= kLookbackMinTime (the chain kernel cannot fill the GPU and the sequence is long), the chain
-// kernel otherwise. The environment variable FASTPAPER_PARARNN_SCAN = chain | lookback forces a
+// Dispatch (linear_scan below): the look-back kernel when chains < SM count and
+// T >= kLookbackMinTime (the chain kernel leaves SMs idle and the sequence is long), the chain
+// kernel otherwise (deterministic rounding, and the path verified first on a GPU). The environment variable FASTPAPER_PARARNN_SCAN = chain | lookback forces a
 // kernel (auto or unset: the rule above); it is read at every call, so tests and benchmarks can
 // run both kernels on the same input in one process.
 //
@@ -418,7 +418,7 @@ Status launch(const S* J, const S* r, const S* h0, S* h, const ScanShape& s, Pat
   const int64_t chains = s.batch * ((s.channels / K + kLanes - 1) / kLanes);
   const int sms = sm_count();
   if (path == Path::automatic) {
-    path = chains < 2 * int64_t{sms} && s.time >= kLookbackMinTime ? Path::lookback : Path::chain;
+    path = chains < int64_t{sms} && s.time >= kLookbackMinTime ? Path::lookback : Path::chain;
   }
   if (path == Path::lookback) return launch_lookback<K>(J, r, h0, h, s, sms, stream);
   return launch_chain<K>(J, r, h0, h, s, stream);
