@@ -14,6 +14,9 @@ Rows (all in this one process, same inputs):
   (Newton + scan, implicit-function backward; the generic path: Jacobians by torch.func, no fused
   kernel). The table also gives Newton's iteration count and max |parallel - sequential|.
 * ``ParaLSTM fwd`` likewise (2 x 2 block Jacobians).
+* ``--scan-long`` (CUDA; only these rows): the scan at B=1, N=64, T=2^20 (few channel tiles, long
+  T), the per-chain kernel (one CTA per 32 channels walks all of T; the baseline of the speedup
+  column) vs the multi-block look-back kernel, forced with FASTPAPER_PARARNN_SCAN.
 
 ``--dtype`` sets the storage type of the scan inputs and of the cells' inputs/outputs (float32
 by default; bfloat16/float16 are computed in float32, float64 throughout). ``max|diff|`` compares
@@ -129,12 +132,54 @@ def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repea
     return {"metadata": metadata, "rows": rows}
 
 
+def run_scan_long(device: torch.device, warmup: int, repeats: int, dtype_name: str = "float32",
+                  B: int = 1, T: int = 1 << 20, N: int = 64) -> dict:
+    """The two CUDA scan kernels side by side at few channel tiles and long T (diag and 2x2)."""
+    import os
+
+    dtype = DTYPES[dtype_name]
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    old = os.environ.get("FASTPAPER_PARARNN_SCAN")
+    try:
+        with torch.no_grad():
+            for k in (1, 2):
+                r = torch.randn(B, T, N, generator=g).to(device, dtype)
+                shape = (B, T, N) if k == 1 else (B, T, N // 2, 2, 2)
+                J = ((torch.rand(shape, generator=g) * 1.8 - 0.9) / k).to(device, dtype)
+                structure = "diag" if k == 1 else "block"
+                name = f"scan {structure}" + ("" if k == 1 else " 2x2")
+                out, base = {}, None
+                for path in ("chain", "lookback"):
+                    os.environ["FASTPAPER_PARARNN_SCAN"] = path
+                    out[path] = pararnn.linear_scan(J, r, structure=structure)
+                    ms = time_ms(lambda: pararnn.linear_scan(J, r, structure=structure), device,
+                                 warmup, repeats)
+                    base = ms if base is None else base
+                    extra = {} if path == "chain" else {"max_abs_diff": float(
+                        (out["lookback"].double() - out["chain"].double()).abs().max())}
+                    rows.append({"workload": name, "implementation": f"fastpaper {path} kernel",
+                                 "ms": ms, "speedup_vs_loop": base / ms, **extra})
+    finally:
+        if old is None:
+            os.environ.pop("FASTPAPER_PARARNN_SCAN", None)
+        else:
+            os.environ["FASTPAPER_PARARNN_SCAN"] = old
+    metadata = {"B": B, "T": T, "N": N, "D": 0, "dtype": dtype_name, "device": str(device),
+                "device_name": device_name(device), "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
+                "speedup_baseline": "chain kernel", "fastpaper": fastpaper.info()}
+    return {"metadata": metadata, "rows": rows}
+
+
 def format_table(result: dict) -> str:
     md = result["metadata"]
-    head = (f"ParaRNN, {md['dtype']}, B={md['B']} T={md['T']} N={md['N']} (input size {md['D']}) on "
+    cells = f" (input size {md['D']})" if md["D"] else ""
+    head = (f"ParaRNN, {md['dtype']}, B={md['B']} T={md['T']} N={md['N']}{cells} on "
             f"{md['device_name']} ({md['device']}, {md['torch_threads']} threads), median of "
             f"{md['repeats']}")
-    cols = ("workload", "implementation", "ms", "vs loop", "Newton its", "max|diff|")
+    cols = ("workload", "implementation", "ms", "vs " + md.get("speedup_baseline", "loop"),
+            "Newton its", "max|diff|")
     body = []
     for r in result["rows"]:
         sp = r["speedup_vs_loop"]
@@ -165,6 +210,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--skip-loop-backward", action="store_true",
                    help="do not time the sequential loop's backward (slow at large T)")
+    p.add_argument("--scan-long", action="store_true",
+                   help="CUDA only: just the scan at B=1, N=64, T=2^20 (or --B/--T/--N), chain vs "
+                        "look-back kernel (speedup column: vs the chain kernel)")
     p.add_argument("--json", metavar="PATH", help="also write the rows and metadata as JSON here")
     args = p.parse_args(argv)
     if args.device == "auto":
@@ -185,8 +233,14 @@ def main(argv=None) -> int:
         if args.threads < 1:
             p.error("--threads must be >= 1")
         torch.set_num_threads(args.threads)
-    result = run(device, warmup=warmup, repeats=repeats, skip_loop_bwd=args.skip_loop_backward,
-                 dtype_name=args.dtype, **sizes)
+    if args.scan_long:
+        if device.type != "cuda":
+            p.error("--scan-long compares the two CUDA kernels: it needs --device cuda")
+        long_sizes = {"B": args.B or 1, "T": args.T or 1 << 20, "N": args.N or 64}
+        result = run_scan_long(device, warmup, repeats, args.dtype, **long_sizes)
+    else:
+        result = run(device, warmup=warmup, repeats=repeats, skip_loop_bwd=args.skip_loop_backward,
+                     dtype_name=args.dtype, **sizes)
     print(format_table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -50,6 +50,9 @@ timeout 150 "$python" bench/bench_bfp_attention.py --device cuda --contexts 4096
 timeout 240 "$python" bench/bench_rnn.py --device cuda --dtype bfloat16 --B 16 --T 1024 \
   --hidden 768 --configs lstm:1,lstm:12,slstm:12,slstm:48,gru:1 --no-loop --warmup 2 --repeats 5 \
   --json "$out/bench_rnn.json" 2>&1 | tee -a "$out/bench.log" || status=1
+# pararnn: the linear scan at B=1, N=64, T=2^20, per-chain kernel vs multi-block look-back kernel
+timeout 120 "$python" bench/bench_pararnn.py --device cuda --scan-long \
+  --json "$out/bench_pararnn_scan_long.json" 2>&1 | tee -a "$out/bench.log" || status=1
 timeout 120 "$python" bench/bench_moe.py --device cuda --dtype bfloat16 \
   --json "$out/bench_moe_bf16.json" 2>&1 | tee -a "$out/bench.log" || status=1
 timeout 120 "$python" bench/bench_moe.py --device cuda --dtype float32 --skip-dense-masked \

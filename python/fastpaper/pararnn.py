@@ -91,6 +91,12 @@ def linear_scan(J: torch.Tensor, r: torch.Tensor, h0: Optional[torch.Tensor] = N
     ``lambda_t = g_t + J_{t+1}^T lambda_{t+1}`` is the reversed scan, then ``dr = lambda``,
     ``dJ_t = lambda_t h_{t-1}^T`` (diag: ``lambda_t * h_{t-1}``) and ``dh0 = J_1^T lambda_1``.
     Rounding error grows with T roughly like ``eps * T * max|h|`` when ``|J| ~ 1``.
+
+    On CUDA, few ``batch x ceil(N / k / 32)`` channel tiles with a long T (under two per SM,
+    T >= 1024) run a single-pass multi-block scan (decoupled look-back: time is cut across CTAs,
+    no host synchronization), whose last bits may vary from run to run; otherwise one CTA walks
+    each tile's whole time axis. ``FASTPAPER_PARARNN_SCAN=chain|lookback`` (environment, read at
+    every call) forces one of the two kernels.
     """
     _check_tensor(J, "J")
     _check_tensor(r, "r")
