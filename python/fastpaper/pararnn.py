@@ -92,7 +92,7 @@ def linear_scan(J: torch.Tensor, r: torch.Tensor, h0: Optional[torch.Tensor] = N
     ``dJ_t = lambda_t h_{t-1}^T`` (diag: ``lambda_t * h_{t-1}``) and ``dh0 = J_1^T lambda_1``.
     Rounding error grows with T roughly like ``eps * T * max|h|`` when ``|J| ~ 1``.
 
-    On CUDA, few ``batch x ceil(N / k / 32)`` channel tiles with a long T (under two per SM,
+    On CUDA, few ``batch x ceil(N / k / 32)`` channel tiles with a long T (fewer than SMs,
     T >= 1024) run a single-pass multi-block scan (decoupled look-back: time is cut across CTAs,
     no host synchronization), whose last bits may vary from run to run; otherwise one CTA walks
     each tile's whole time axis. ``FASTPAPER_PARARNN_SCAN=chain|lookback`` (environment, read at
