@@ -9,11 +9,13 @@ Rows (all in this one process, same inputs):
 
 * ``scan``: the linear recurrence h_t = J_t h_{t-1} + r_t (diag, and 2 x 2 blocks) —
   ``fastpaper.pararnn.linear_scan`` vs a Python loop over t of torch ops.
-* ``ParaGRU fwd`` / ``fwd+bwd``: ``fastpaper.nn.ParaGRU`` with ``mode="sequential"`` (a Python
-  loop over t, autograd through it: the ParaRNN paper's baseline) vs ``mode="parallel"``
-  (Newton + scan, implicit-function backward; the generic path: Jacobians by torch.func, no fused
-  kernel). The table also gives Newton's iteration count and max |parallel - sequential|.
-* ``ParaLSTM fwd`` likewise (2 x 2 block Jacobians).
+* ``ParaGRU`` / ``ParaLSTM`` ``fwd`` and ``fwd+bwd``: ``fastpaper.nn.ParaGRU/ParaLSTM`` with
+  ``mode="loop"`` (a Python loop over t, autograd through it: the ParaRNN paper's baseline) vs
+  ``mode="sequential"`` (fastpaper's C++/CUDA sequential kernel, fused backward),
+  ``mode="parallel"`` (the fused Newton kernel: residual, Jacobian and scan in one kernel, fused
+  backward) and ``mode="parallel-generic"`` (Newton with torch.func Jacobians + the scan op,
+  implicit-function backward). The table also gives Newton's iteration count and
+  max |implementation - loop|.
 
 ``--dtype`` sets the storage type of the scan inputs and of the cells' inputs/outputs (float32
 by default; bfloat16/float16 are computed in float32, float64 throughout). ``max|diff|`` compares
@@ -90,37 +92,42 @@ def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repea
             add(name, "fastpaper linear_scan", ms, base, max_abs_diff=err)
 
     x = torch.randn(B, T, D, generator=g).to(device, dtype)
+    impls = (("sequential kernel (C++/CUDA)", "sequential"),
+             ("fastpaper parallel fused (Newton kernel)", "parallel"),
+             ("fastpaper parallel generic (Newton+scan)", "parallel-generic"))
     for cls in (ParaGRU, ParaLSTM):
         torch.manual_seed(0)
         m = cls(D, N).to(device, param_dtype)
         name = cls.__name__
         with torch.no_grad():
-            m.mode = "sequential"
+            m.mode = "loop"
             y_seq = m(x)[0]
             base = time_ms(lambda: m(x), device, warmup, repeats)
             add(f"{name} fwd", "sequential torch loop", base, base)
-            m.mode = "parallel"
-            y_par = m(x)[0]
-            info = m.last_info
-            ms = time_ms(lambda: m(x), device, warmup, repeats)
-            add(f"{name} fwd", "fastpaper parallel (Newton+scan)", ms, base,
-                newton_iterations=info.iterations, converged=info.converged,
-                max_abs_diff=float((y_par.double() - y_seq.double()).abs().max()))
-        if cls is ParaGRU:
-            xg = x.clone().requires_grad_()
-
-            def fwd_bwd(mode):
+            for label, mode in impls:
                 m.mode = mode
-                m.zero_grad(set_to_none=True)
-                xg.grad = None
-                m(xg)[0].float().square().sum().backward()
+                y = m(x)[0]
+                info = m.last_info
+                ms = time_ms(lambda: m(x), device, warmup, repeats)
+                extra = {} if info is None else {"newton_iterations": info.iterations,
+                                                 "converged": info.converged}
+                add(f"{name} fwd", label, ms, base,
+                    max_abs_diff=float((y.double() - y_seq.double()).abs().max()), **extra)
+        xg = x.clone().requires_grad_()
 
-            base = None
-            if not skip_loop_bwd:
-                base = time_ms(lambda: fwd_bwd("sequential"), device, warmup, repeats)
-                add(f"{name} fwd+bwd", "sequential torch loop", base, base)
-            ms = time_ms(lambda: fwd_bwd("parallel"), device, warmup, repeats)
-            add(f"{name} fwd+bwd", "fastpaper parallel (Newton+scan)", ms, base)
+        def fwd_bwd(mode):
+            m.mode = mode
+            m.zero_grad(set_to_none=True)
+            xg.grad = None
+            m(xg)[0].float().square().sum().backward()
+
+        base = None
+        if not skip_loop_bwd:
+            base = time_ms(lambda: fwd_bwd("loop"), device, warmup, repeats)
+            add(f"{name} fwd+bwd", "sequential torch loop", base, base)
+        for label, mode in impls:
+            ms = time_ms(lambda: fwd_bwd(mode), device, warmup, repeats)
+            add(f"{name} fwd+bwd", label, ms, base)
 
     metadata = {"B": B, "T": T, "N": N, "D": D, "dtype": dtype_name, "device": str(device),
                 "device_name": device_name(device), "torch": torch.__version__,
