@@ -41,15 +41,35 @@ constexpr int64_t kParallelThreshold = 1 << 14;    // elements; below this one t
 
 bool worth_threads(const CellShape& s) { return s.batch * s.time * s.channels >= kParallelThreshold; }
 
-// The unit's pre-activations at one step: gate g of channel n0 + i is p[g * channels + i].
-template <typename S, typename T>
-FP_HD void load_pre(const S* p, int64_t channels, int64_t i, T* pre) {
-  for (int g = 0; g < 3; ++g) pre[g] = Io<S>::load(p[g * channels + i]);
+// The kernels below keep a unit's values in local structure-of-arrays buffers (x[entry][channel])
+// so that the per-channel compute loops touch only unit-stride locals and vectorize; the global
+// layouts (pre gates-major, states (c, h) interleaved) are converted in separate copy loops.
+
+// q[g][i] <- pre gate g of the unit's channel i at one step (p points at gate 0, channel n0).
+template <typename S, typename T, int W>
+FP_HD void load_pre(const S* p, int64_t channels, int64_t nc, T (*q)[W]) {
+  for (int g = 0; g < 3; ++g) {
+    for (int64_t i = 0; i < nc; ++i) q[g][i] = Io<S>::load(p[g * channels + i]);
+    for (int64_t i = nc; i < W; ++i) q[g][i] = T(0);  // padding lanes compute harmless values
+  }
 }
 
-template <typename T>
-void load_params(const T* params, int64_t channels, int64_t n, int np, T* a) {
-  for (int q = 0; q < np; ++q) a[q] = params[q * channels + n];
+template <typename T, int W>
+void load_params(const T* params, int64_t channels, int64_t n0, int64_t nc, int np, T (*a)[W]) {
+  for (int q = 0; q < np; ++q) {
+    for (int64_t i = 0; i < W; ++i) a[q][i] = i < nc ? params[q * channels + n0 + i] : T(0);
+  }
+}
+
+// st[k][i] <- state entry k of channel n0 + i of batch element b (h0, or zeros).
+template <typename S, typename T, int W>
+void load_state0(const S* h0, int64_t b, int64_t channels, int64_t n0, int64_t nc, int K,
+                 T (*st)[W]) {
+  for (int k = 0; k < K; ++k) {
+    for (int64_t i = 0; i < W; ++i) {
+      st[k][i] = (h0 && i < nc) ? Io<S>::load(h0[(b * channels + n0 + i) * K + k]) : T(0);
+    }
+  }
 }
 
 template <class Cell, typename S>
@@ -57,83 +77,94 @@ FP_CPU_CLONES void sequential_unit(const S* pre, const typename Io<S>::T* params
                                    S* states, const CellShape& s, int64_t b, int64_t n0,
                                    int64_t nc) {
   using T = typename Io<S>::T;
-  constexpr int K = Cell::kState, P = Cell::kParams;
-  T st[kSeqTile * K], a[kSeqTile * P];
-  for (int64_t i = 0; i < nc; ++i) {
-    load_params(params, s.channels, n0 + i, P, a + i * P);
-    for (int k = 0; k < K; ++k) st[i * K + k] = h0 ? Io<S>::load(h0[(b * s.channels + n0 + i) * K + k]) : T(0);
-  }
+  constexpr int K = Cell::kState, P = Cell::kParams, W = kSeqTile;
+  T st[K][W], a[P][W], q[3][W];
+  load_params(params, s.channels, n0, nc, P, a);
+  load_state0(h0, b, s.channels, n0, nc, K, st);
   for (int64_t t = 0; t < s.time; ++t) {
-    const S* p = pre + ((b * s.time + t) * 3) * s.channels + n0;
+    load_pre(pre + ((b * s.time + t) * 3) * s.channels + n0, s.channels, nc, q);
+    for (int64_t i = 0; i < W; ++i) {
+      const T qi[3] = {q[0][i], q[1][i], q[2][i]};
+      T ai[P], si[K], nx[K];
+      for (int e = 0; e < P; ++e) ai[e] = a[e][i];
+      for (int k = 0; k < K; ++k) si[k] = st[k][i];
+      Cell::step(qi, ai, si, nx);
+      for (int k = 0; k < K; ++k) st[k][i] = nx[k];
+    }
     S* out = states + ((b * s.time + t) * s.channels + n0) * K;
     for (int64_t i = 0; i < nc; ++i) {
-      T q[3], nx[K];
-      load_pre(p, s.channels, i, q);
-      Cell::step(q, a + i * P, st + i * K, nx);
-      for (int k = 0; k < K; ++k) {
-        st[i * K + k] = nx[k];
-        out[i * K + k] = Io<S>::store(nx[k]);
-      }
+      for (int k = 0; k < K; ++k) out[i * K + k] = Io<S>::store(st[k][i]);
     }
   }
 }
 
-template <typename T>
-T abs_of(T v) { return v < T(0) ? -v : v; }
-
 // Newton on one unit; returns the iterations used, *converged whether it met the test.
+// it_buf: the iterate, [time][K][kNewtonTile].
 template <class Cell, typename S>
 FP_CPU_CLONES int32_t newton_unit(const S* pre, const typename Io<S>::T* params, const S* h0,
                                   S* states, const CellShape& s, const NewtonCfg& cfg, int64_t b,
                                   int64_t n0, int64_t nc, typename Io<S>::T* it_buf,
                                   bool* converged) {
   using T = typename Io<S>::T;
-  constexpr int K = Cell::kState, P = Cell::kParams;
-  const int64_t w = nc * K;  // iterate entries per step
-  T a[kNewtonTile * P], s0[kNewtonTile * K];
-  for (int64_t i = 0; i < nc; ++i) {
-    load_params(params, s.channels, n0 + i, P, a + i * P);
-    for (int k = 0; k < K; ++k) s0[i * K + k] = h0 ? Io<S>::load(h0[(b * s.channels + n0 + i) * K + k]) : T(0);
-  }
+  constexpr int K = Cell::kState, P = Cell::kParams, W = kNewtonTile;
+  T a[P][W], s0[K][W], q[3][W];
+  load_params(params, s.channels, n0, nc, P, a);
+  load_state0(h0, b, s.channels, n0, nc, K, s0);
   auto pre_at = [&](int64_t t) { return pre + ((b * s.time + t) * 3) * s.channels + n0; };
   // initial guess s^0_t = f(0, pre_t)
   for (int64_t t = 0; t < s.time; ++t) {
-    const S* p = pre_at(t);
-    for (int64_t i = 0; i < nc; ++i) {
-      T q[3], zero[K] = {};
-      load_pre(p, s.channels, i, q);
-      Cell::step(q, a + i * P, zero, it_buf + t * w + i * K);
+    load_pre(pre_at(t), s.channels, nc, q);
+    T* cur = it_buf + t * K * W;
+    for (int64_t i = 0; i < W; ++i) {
+      const T qi[3] = {q[0][i], q[1][i], q[2][i]};
+      T ai[P], zero[K] = {}, nx[K];
+      for (int e = 0; e < P; ++e) ai[e] = a[e][i];
+      Cell::step(qi, ai, zero, nx);
+      for (int k = 0; k < K; ++k) cur[k * W + i] = nx[k];
     }
   }
   int32_t it = 0;
   bool conv = false;
-  T old[kNewtonTile * K], delta[kNewtonTile * K];
+  T old[K][W], delta[K][W], dmx[W], smx[W], ok[W];
   while (it < cfg.max_iters) {
     ++it;
-    std::copy(s0, s0 + w, old);  // s^k_{t-1}, the point J_t and f are evaluated at
-    std::fill(delta, delta + w, T(0));
-    T dmax = 0, smax = 0;
-    bool finite = true;
+    for (int k = 0; k < K; ++k) {
+      for (int64_t i = 0; i < W; ++i) {
+        old[k][i] = s0[k][i];  // s^k_{t-1}: where J_t and f are evaluated
+        delta[k][i] = T(0);
+      }
+    }
+    for (int64_t i = 0; i < W; ++i) dmx[i] = smx[i] = T(0), ok[i] = T(1);
     for (int64_t t = 0; t < s.time; ++t) {
-      const S* p = pre_at(t);
-      T* cur = it_buf + t * w;
-      for (int64_t i = 0; i < nc; ++i) {
-        T q[3], f[K], J[K * K], d[K];
-        load_pre(p, s.channels, i, q);
-        Cell::step_jac(q, a + i * P, old + i * K, f, J);
-        T r[K];
-        for (int k = 0; k < K; ++k) r[k] = f[k] - cur[i * K + k];
-        small_affine<K>(J, delta + i * K, r, d);
+      load_pre(pre_at(t), s.channels, nc, q);
+      T* cur = it_buf + t * K * W;
+      for (int64_t i = 0; i < W; ++i) {
+        const T qi[3] = {q[0][i], q[1][i], q[2][i]};
+        T ai[P], si[K], f[K], J[K * K], r[K], d[K], di[K];
+        for (int e = 0; e < P; ++e) ai[e] = a[e][i];
+        for (int k = 0; k < K; ++k) si[k] = old[k][i], di[k] = delta[k][i];
+        Cell::step_jac(qi, ai, si, f, J);
+        for (int k = 0; k < K; ++k) r[k] = f[k] - cur[k * W + i];
+        small_affine<K>(J, di, r, d);
         for (int k = 0; k < K; ++k) {
-          old[i * K + k] = cur[i * K + k];
-          delta[i * K + k] = d[k];
-          const T v = cur[i * K + k] + d[k];
-          cur[i * K + k] = v;
-          dmax = std::max(dmax, abs_of(d[k]));
-          smax = std::max(smax, abs_of(v));
-          finite = finite && std::isfinite(d[k]) && std::isfinite(v);
+          const T v = cur[k * W + i] + d[k];
+          old[k][i] = cur[k * W + i];
+          delta[k][i] = d[k];
+          cur[k * W + i] = v;
+          const T ad = d[k] < T(0) ? -d[k] : d[k], av = v < T(0) ? -v : v;
+          dmx[i] = ad > dmx[i] ? ad : dmx[i];
+          smx[i] = av > smx[i] ? av : smx[i];
+          // x - x == 0 exactly when x is finite (inf - inf and NaN are NaN); branch-free
+          ok[i] = (d[k] - d[k] == T(0) && v - v == T(0)) ? ok[i] : T(0);
         }
       }
+    }
+    T dmax = 0, smax = 0;
+    bool finite = true;
+    for (int64_t i = 0; i < nc; ++i) {
+      dmax = std::max(dmax, dmx[i]);
+      smax = std::max(smax, smx[i]);
+      finite = finite && ok[i] != T(0);
     }
     if (!finite) break;  // inf/NaN cannot recover
     if (it >= s.time || dmax <= T(cfg.atol) + T(cfg.rtol) * smax) {
@@ -143,7 +174,10 @@ FP_CPU_CLONES int32_t newton_unit(const S* pre, const typename Io<S>::T* params,
   }
   for (int64_t t = 0; t < s.time; ++t) {
     S* out = states + ((b * s.time + t) * s.channels + n0) * K;
-    for (int64_t e = 0; e < w; ++e) out[e] = Io<S>::store(it_buf[t * w + e]);
+    const T* cur = it_buf + t * K * W;
+    for (int64_t i = 0; i < nc; ++i) {
+      for (int k = 0; k < K; ++k) out[i * K + k] = Io<S>::store(cur[k * W + i]);
+    }
   }
   *converged = conv;
   return it;
@@ -155,35 +189,42 @@ FP_CPU_CLONES void backward_unit(const S* pre, const typename Io<S>::T* params, 
                                  typename Io<S>::T* partial, const CellShape& s, int64_t b,
                                  int64_t n0, int64_t nc) {
   using T = typename Io<S>::T;
-  constexpr int K = Cell::kState, P = Cell::kParams;
-  T a[kSeqTile * P], da[kSeqTile * P], mu[kSeqTile * K];
-  for (int64_t i = 0; i < nc; ++i) load_params(params, s.channels, n0 + i, P, a + i * P);
-  std::fill(da, da + nc * P, T(0));
-  std::fill(mu, mu + nc * K, T(0));  // J_{t+1}^T lam_{t+1}, zero past the end
+  constexpr int K = Cell::kState, P = Cell::kParams, W = kSeqTile;
+  T a[P][W], da[P][W], mu[K][W], q[3][W], sp[K][W], g[K][W], dq[3][W];
+  load_params(params, s.channels, n0, nc, P, a);
+  for (int64_t i = 0; i < W; ++i) {
+    for (int e = 0; e < P; ++e) da[e][i] = T(0);
+    for (int k = 0; k < K; ++k) mu[k][i] = T(0);  // J_{t+1}^T lam_{t+1}, zero past the end
+  }
   for (int64_t t = s.time - 1; t >= 0; --t) {
     const int64_t row = (b * s.time + t) * 3 * s.channels + n0;
-    const S* p = pre + row;
+    load_pre(pre + row, s.channels, nc, q);
+    if (t > 0) {
+      load_state0(states + (b * s.time + t - 1) * s.channels * K, 0, s.channels, n0, nc, K, sp);
+    } else {
+      load_state0(h0, b, s.channels, n0, nc, K, sp);
+    }
+    load_state0(grad + (b * s.time + t) * s.channels * K, 0, s.channels, n0, nc, K, g);
+    for (int64_t i = 0; i < W; ++i) {
+      const T qi[3] = {q[0][i], q[1][i], q[2][i]};
+      T ai[P], dai[P], si[K], lam[K], dqi[3], ds[K];
+      for (int e = 0; e < P; ++e) ai[e] = a[e][i], dai[e] = da[e][i];
+      for (int k = 0; k < K; ++k) si[k] = sp[k][i], lam[k] = g[k][i] + mu[k][i];
+      Cell::vjp(qi, ai, si, lam, dqi, ds, dai);
+      for (int e = 0; e < P; ++e) da[e][i] = dai[e];
+      for (int k = 0; k < K; ++k) mu[k][i] = ds[k];
+      for (int e = 0; e < 3; ++e) dq[e][i] = dqi[e];
+    }
     S* dp = dpre + row;
-    const S* g = grad + ((b * s.time + t) * s.channels + n0) * K;
-    const S* prev = t > 0 ? states + ((b * s.time + t - 1) * s.channels + n0) * K
-                          : (h0 ? h0 + (b * s.channels + n0) * K : nullptr);
-    for (int64_t i = 0; i < nc; ++i) {
-      T q[3], sp[K], lam[K], dq[3], ds[K];
-      load_pre(p, s.channels, i, q);
-      for (int k = 0; k < K; ++k) {
-        sp[k] = prev ? Io<S>::load(prev[i * K + k]) : T(0);
-        lam[k] = Io<S>::load(g[i * K + k]) + mu[i * K + k];
-      }
-      Cell::vjp(q, a + i * P, sp, lam, dq, ds, da + i * P);
-      for (int gi = 0; gi < 3; ++gi) dp[gi * s.channels + i] = Io<S>::store(dq[gi]);
-      for (int k = 0; k < K; ++k) mu[i * K + k] = ds[k];
+    for (int e = 0; e < 3; ++e) {
+      for (int64_t i = 0; i < nc; ++i) dp[e * s.channels + i] = Io<S>::store(dq[e][i]);
     }
   }
   for (int64_t i = 0; i < nc; ++i) {
     if (dh0) {
-      for (int k = 0; k < K; ++k) dh0[(b * s.channels + n0 + i) * K + k] = Io<S>::store(mu[i * K + k]);
+      for (int k = 0; k < K; ++k) dh0[(b * s.channels + n0 + i) * K + k] = Io<S>::store(mu[k][i]);
     }
-    for (int q = 0; q < P; ++q) partial[(b * P + q) * s.channels + n0 + i] = da[i * P + q];
+    for (int e = 0; e < P; ++e) partial[(b * P + e) * s.channels + n0 + i] = da[e][i];
   }
 }
 
@@ -207,7 +248,7 @@ void run_newton(const S* pre, const typename Io<S>::T* params, const S* h0, S* s
   int32_t max_it = 0, failed = 0;
 #pragma omp parallel if (worth_threads(s))
   {
-    std::vector<T> buf(static_cast<size_t>(s.time * kNewtonTile * K));
+    std::vector<T> buf(static_cast<size_t>(s.time * K * kNewtonTile));
     int32_t my_it = 0, my_failed = 0;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t u = 0; u < s.batch * tiles; ++u) {
