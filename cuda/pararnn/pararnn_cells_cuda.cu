@@ -247,13 +247,15 @@ newton_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__ p
 #pragma unroll
       for (int j = 0; j < L; ++j) {
         small_affine<K>(J[j], d, r[j], d);
+        if (active && c0 + j < geo.time) {  // steps past the end stay out of the test
 #pragma unroll
-        for (int k = 0; k < K; ++k) {
-          const T v = s[j][k] + d[k];
-          s[j][k] = v;
-          dmax = fmax(dmax, absv(d[k]));
-          smax = fmax(smax, absv(v));
-          bad = bad || !finite(d[k]) || !finite(v);
+          for (int k = 0; k < K; ++k) {
+            const T v = s[j][k] + d[k];
+            s[j][k] = v;
+            dmax = fmax(dmax, absv(d[k]));
+            smax = fmax(smax, absv(v));
+            bad = bad || !finite(d[k]) || !finite(v);
+          }
         }
       }
       // 5. block decision
