@@ -264,6 +264,17 @@ def test_bad_arguments():
     assert m(torch.zeros(1, 0, 4))[0].shape == (1, 0, 6)
 
 
+@pytest.mark.parametrize("cell", [0, 1])
+def test_opcheck(cell):
+    """Schema, fake (meta) kernels, autograd registration and AOT dispatch of the three ops."""
+    pre, params, s0 = make(cell, 2, 6, 3, seed=8)
+    args = [v.clone().requires_grad_() for v in (pre, params, s0)]
+    torch.library.opcheck(OPS.pararnn_cell_sequential, (cell, *args))
+    torch.library.opcheck(OPS.pararnn_cell_newton, (cell, *args, 50, 1e-10, 1e-10))
+    st = OPS.pararnn_cell_sequential(cell, pre, params, s0)
+    torch.library.opcheck(OPS.pararnn_cell_backward, (cell, pre, params, s0, st, torch.randn_like(st)))
+
+
 # ------------------------------------------------------------------------------------ CUDA
 
 CUDA_T = [1, 63, 64, 65, 127, 128, 129, 1000, 4097]
@@ -327,3 +338,15 @@ def test_cuda_module_training_step_matches_cpu(cls):
     torch.testing.assert_close(y.cpu(), y_cpu, rtol=0, atol=1e-4)
     for a, b in zip(mc.parameters(), g_cpu):
         torch.testing.assert_close(a.grad.cpu(), b, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.cuda
+def test_cuda_non_convergence_and_nonfinite_reported():
+    pre, params, s0 = make(1, 2, 500, 40, scale=3.0, seed=7, device="cuda")
+    _, info = newton(1, pre, params, s0, max_iters=1)
+    its, failed = info.tolist()
+    assert its == 1 and failed >= 2  # (batch, tile, segment) units
+    pre, params, s0 = make(0, 1, 300, 3, seed=1, device="cuda")
+    pre[0, 200, 1] = float("nan")
+    _, info = newton(0, pre, params, s0)
+    assert info.tolist()[1] >= 1

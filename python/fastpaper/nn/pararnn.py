@@ -17,6 +17,9 @@ The input projection ``Bx + b`` (dense, or block-diagonal with ``num_heads`` hea
 batched matmul before the recurrence, in the parameters' dtype. float16/bfloat16 inputs: the
 fused modes store the pre-activations, states and their gradients in the input dtype and compute
 in float32; the other modes compute in the parameters' dtype. Outputs have the input dtype.
+Accuracy (tests/test_pararnn_cells.py): float64 fused results equal the loop to 1e-10 (T up to
+4097); float32 ones are within 1e-4 of the float64 loop; 16-bit storage within one rounding
+of the stored type.
 """
 
 from __future__ import annotations
