@@ -16,6 +16,9 @@ Rows (all in this one process, same inputs):
   backward) and ``mode="parallel-generic"`` (Newton with torch.func Jacobians + the scan op,
   implicit-function backward). The table also gives Newton's iteration count and
   max |implementation - loop|.
+* ``ParaGRU`` / ``ParaLSTM`` ``recurrence fwd`` / ``bwd``: the same without the input projection
+  (``pre = Bx + b`` given): the torch loop of the step vs the sequential and fused Newton ops,
+  and the fused backward op alone (the numbers to compare with the memory floor).
 
 ``--dtype`` sets the storage type of the scan inputs and of the cells' inputs/outputs (float32
 by default; bfloat16/float16 are computed in float32, float64 throughout). ``max|diff|`` compares
@@ -40,6 +43,7 @@ from bench_common import device_name, time_ms
 import fastpaper
 from fastpaper import pararnn
 from fastpaper.nn import ParaGRU, ParaLSTM
+from fastpaper.nn.pararnn import gru_step, lstm_step
 
 DEFAULTS = {"cpu": dict(B=4, T=1024, N=128, D=64, repeats=3, warmup=1),
             "cuda": dict(B=8, T=2048, N=1024, D=1024, repeats=10, warmup=2)}
@@ -128,6 +132,46 @@ def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repea
         for label, mode in impls:
             ms = time_ms(lambda: fwd_bwd(mode), device, warmup, repeats)
             add(f"{name} fwd+bwd", label, ms, base)
+
+    # the recurrence alone (pre = Bx + b given, no projection GEMM): the numbers to hold against
+    # the memory floor (read 3 gate inputs, write the state) and the issue's targets
+    ops = torch.ops.fastpaper
+    for cell, (cls, step) in enumerate(((ParaGRU, gru_step), (ParaLSTM, lstm_step))):
+        name, k, npar = cls.__name__, cell + 1, 3 + 2 * cell
+        pre = (torch.randn(B, T, 3 * N, generator=g) * 0.5).to(device, dtype)
+        diag = (torch.randn(npar, N, generator=g) * 0.3).to(device, param_dtype)
+        work = f"{name} recurrence fwd"
+        with torch.no_grad():
+            pre_c = pre.to(param_dtype)
+            params = tuple(diag.unbind(0))
+
+            def loop_cells():
+                s, out = pre_c.new_zeros(B, k * N), []
+                for i in range(T):
+                    s = step(s, pre_c[:, i], params)
+                    out.append(s)
+                return torch.stack(out, 1)
+
+            ref = loop_cells()
+            base = time_ms(loop_cells, device, warmup, repeats)
+            add(work, "torch loop of the step", base, base)
+            seq = ops.pararnn_cell_sequential(cell, pre, diag, None)
+            ms = time_ms(lambda: ops.pararnn_cell_sequential(cell, pre, diag, None), device,
+                         warmup, repeats)
+            add(work, "sequential kernel (C++/CUDA)", ms, base,
+                max_abs_diff=float((seq.double() - ref.double()).abs().max()))
+            tol = 1e-10 if dtype == torch.float64 else 1e-5
+            st, info = ops.pararnn_cell_newton(cell, pre, diag, None, 50, tol, tol)
+            its, failed = info.tolist()
+            ms = time_ms(lambda: ops.pararnn_cell_newton(cell, pre, diag, None, 50, tol, tol),
+                         device, warmup, repeats)
+            add(work, "fastpaper parallel fused (Newton kernel)", ms, base,
+                newton_iterations=its, converged=failed == 0,
+                max_abs_diff=float((st.double() - ref.double()).abs().max()))
+            grad = torch.randn(st.shape, generator=g).to(device, dtype)
+            ms_b = time_ms(lambda: ops.pararnn_cell_backward(cell, pre, diag, None, st, grad),
+                           device, warmup, repeats)
+            add(f"{name} recurrence bwd", "fused backward kernel", ms_b, None)
 
     metadata = {"B": B, "T": T, "N": N, "D": D, "dtype": dtype_name, "device": str(device),
                 "device_name": device_name(device), "torch": torch.__version__,
