@@ -3,14 +3,16 @@
 // fastpaper/detail/pararnn_cells.h, shared with (and tested through) the CPU kernels. Every
 // (batch, channel) is an independent recurrence s_t = f(s_{t-1}, pre_t).
 //
-// sequential_kernel: a thread per (batch element, channel), walking t; the pre-activations of the
-//   next kUnroll steps are loaded before they are used, so the dependent chain of steps is not
-//   bound by load latency. Consecutive threads own consecutive channels: coalesced.
+// sequential_kernel: a thread per (batch element, channel), walking t; the pre-activations are
+//   loaded kDepth x kUnroll steps ahead of their use (a register pipeline), so the dependent
+//   chain of steps is not bound by load latency. Consecutive threads own consecutive channels:
+//   coalesced.
 //
 // newton_kernel: a CTA of 32 x kWarps threads per (batch element, tile of 32 channels); lane =
 //   channel, warp w = a chunk of L consecutive steps. The CTA walks time in segments of
 //   kWarps * L steps and solves each segment by Newton with everything in registers (pre read
-//   from HBM once per segment, the iterate s, J and the residual r of its L steps per thread):
+//   from HBM once per segment, one segment ahead; the iterate s, J and the residual r of its L
+//   steps per thread):
 //     1. neighbour exchange through shared memory: each chunk's first step needs the previous
 //        chunk's last iterate (the segment's first step: the converged carry of the previous one)
 //     2. residual r = f(s_{t-1}, pre_t) - s_t and J = df/ds in the thread, composed into the
@@ -51,6 +53,7 @@ constexpr int kLanes = 32;
 constexpr int kWarps = 16;
 constexpr int kSeqThreads = 256;
 constexpr int kUnroll = 8;
+constexpr int kDepth = 4;  // sequential kernel: groups of kUnroll steps loaded ahead
 
 struct Geo {
   int64_t batch, time, channels, tiles;
@@ -63,6 +66,20 @@ template <typename T>
 __device__ __forceinline__ T absv(T v) { return v < T(0) ? -v : v; }
 
 // ------------------------------------------------------------------------------ sequential
+
+// q <- the raw pre-activations of steps [t0, t0 + kUnroll) of one channel (base: step 0, gate 0;
+// steps past the end are not loaded).
+template <typename S>
+__device__ __forceinline__ void load_group(const S* base, int64_t N, int64_t time, int64_t t0,
+                                           S (*q)[3]) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    if (t0 + u < time) {
+#pragma unroll
+      for (int g = 0; g < 3; ++g) q[u][g] = base[((t0 + u) * 3 + g) * N];
+    }
+  }
+}
 
 template <class Cell, typename S>
 __global__ void __launch_bounds__(kSeqThreads)
@@ -78,28 +95,32 @@ sequential_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict
   for (int q = 0; q < P; ++q) a[q] = params[q * N + n];
 #pragma unroll
   for (int k = 0; k < K; ++k) st[k] = h0 ? Io<S>::load(h0[(b * N + n) * K + k]) : T(0);
-  for (int64_t t0 = 0; t0 < geo.time; t0 += kUnroll) {
-    T q[kUnroll][3];
+  // kDepth groups of kUnroll steps in flight: computing group d reloads its registers with the
+  // group kDepth ahead (prefetch distance kDepth * kUnroll steps, all indices compile-time)
+  const S* base = pre + (b * geo.time * 3) * N + n;
+  S q[kDepth][kUnroll][3];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (t0 + u < geo.time) {
-        const S* p = pre + ((b * geo.time + t0 + u) * 3) * N + n;
+  for (int d = 0; d < kDepth; ++d) load_group(base, N, geo.time, int64_t{d} * kUnroll, q[d]);
+  for (int64_t t0 = 0; t0 < geo.time; t0 += kDepth * kUnroll) {
 #pragma unroll
-        for (int g = 0; g < 3; ++g) q[u][g] = Io<S>::load(p[g * N]);
-      }
-    }
+    for (int d = 0; d < kDepth; ++d) {
+      const int64_t g0 = t0 + int64_t{d} * kUnroll;
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      if (t0 + u < geo.time) {
-        T nx[K];
-        Cell::step(q[u], a, st, nx);
-        S* out = states + ((b * geo.time + t0 + u) * N + n) * K;
+      for (int u = 0; u < kUnroll; ++u) {
+        if (g0 + u < geo.time) {
+          T qi[3], nx[K];
 #pragma unroll
-        for (int k = 0; k < K; ++k) {
-          st[k] = nx[k];
-          out[k] = Io<S>::store(nx[k]);
+          for (int g = 0; g < 3; ++g) qi[g] = Io<S>::load(q[d][u][g]);
+          Cell::step(qi, a, st, nx);
+          S* out = states + ((b * geo.time + g0 + u) * N + n) * K;
+#pragma unroll
+          for (int k = 0; k < K; ++k) {
+            st[k] = nx[k];
+            out[k] = Io<S>::store(nx[k]);
+          }
         }
       }
+      load_group(base, N, geo.time, g0 + kDepth * kUnroll, q[d]);
     }
   }
 }
@@ -176,6 +197,20 @@ newton_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__ p
 
   int32_t max_its = 0, failed = 0;  // meaningful in thread (0, 0)
   constexpr int64_t seg_len = static_cast<int64_t>(kWarps) * L;
+  // the raw pre-activations of this thread's chunk of the next segment, loaded one segment ahead
+  // so that their latency hides behind the current segment's iterations
+  S qn[L][3];
+  auto prefetch = [&](int64_t c) {
+#pragma unroll
+    for (int j = 0; j < L; ++j) {
+      if (active && c + j < geo.time) {
+        const S* p = pre + ((b * geo.time + c + j) * 3) * N + n;
+#pragma unroll
+        for (int g = 0; g < 3; ++g) qn[j][g] = p[g * N];
+      }
+    }
+  };
+  prefetch(static_cast<int64_t>(w) * L);
   for (int64_t seg0 = 0; seg0 < geo.time; seg0 += seg_len) {
     const int64_t c0 = seg0 + static_cast<int64_t>(w) * L;
     const int64_t seg_steps = geo.time - seg0 < seg_len ? geo.time - seg0 : seg_len;
@@ -185,9 +220,8 @@ newton_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__ p
     for (int j = 0; j < L; ++j) {
       const bool valid = active && c0 + j < geo.time;
       if (valid) {
-        const S* p = pre + ((b * geo.time + c0 + j) * 3) * N + n;
 #pragma unroll
-        for (int g = 0; g < 3; ++g) q[j][g] = Io<S>::load(p[g * N]);
+        for (int g = 0; g < 3; ++g) q[j][g] = Io<S>::load(qn[j][g]);
         T zero[K];
 #pragma unroll
         for (int k = 0; k < K; ++k) zero[k] = T(0);
@@ -199,6 +233,7 @@ newton_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__ p
         for (int k = 0; k < K; ++k) s[j][k] = T(0);
       }
     }
+    prefetch(c0 + seg_len);
     int32_t it = 0;
     bool conv = false;
     while (it < cfg.max_iters) {
