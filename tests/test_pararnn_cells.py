@@ -216,7 +216,9 @@ def test_module_bf16_io():
 def test_non_convergence_is_reported():
     pre, params, s0 = make(1, 2, 500, 4, scale=3.0, seed=7)
     s, info = newton(1, pre, params, s0, max_iters=1)
-    assert info.tolist() == [1, 2]  # both (batch, tile) units failed
+    assert info.tolist() == [1, 2]  # both (batch, tile, segment) units failed
+    pre, params, s0 = make(1, 2, 2500, 4, scale=3.0, seed=7)
+    assert newton(1, pre, params, s0, max_iters=1)[1].tolist() == [1, 6]  # 3 CPU segments each
     torch.manual_seed(0)
     m = ParaGRU(4, 8, max_iters=1)
     with pytest.warns(RuntimeWarning, match="did not converge"):

@@ -8,8 +8,10 @@
 // polynomials). Each unit walks its time axis sequentially:
 // - cell_sequential: one pass, s_t = f(s_{t-1}, pre_t). This is the fast CPU path: the same
 //   memory traffic as one Newton iteration and a quarter of the arithmetic.
-// - cell_newton: the ParaRNN algorithm on a unit of kNewtonTile channels (the CUDA CTA's tile):
-//   the iterate lives in a per-unit float/double buffer [T][tile][K]; each iteration recomputes
+// - cell_newton: the ParaRNN algorithm on a unit of kNewtonTile channels (the CUDA CTA's tile),
+//   in time segments of kCpuSegment steps, each seeded by the previous segment's solution (as
+//   the CUDA kernel does with its shorter segments): the segment's iterate lives in a per-thread
+//   float/double buffer [segment][K][tile]; each iteration recomputes
 //   J and the residual and solves the linear recurrence of delta (sequentially here: the CPU's
 //   parallelism is across units), with the early exit of the public contract.
 // - cell_backward: lam_t = grad_t + J_{t+1}^T lam_{t+1} in reverse, sequentially per unit,
@@ -37,6 +39,7 @@ using fastpaper::detail::bf16_bits;
 using fastpaper::detail::half_bits;
 
 constexpr int64_t kSeqTile = 64;                   // channels per sequential / backward unit
+constexpr int64_t kCpuSegment = 1024;              // Newton time segment (steps) on the CPU
 constexpr int64_t kParallelThreshold = 1 << 14;    // elements; below this one thread is faster
 
 bool worth_threads(const CellShape& s) { return s.batch * s.time * s.channels >= kParallelThreshold; }
@@ -98,21 +101,21 @@ FP_CPU_CLONES void sequential_unit(const S* pre, const typename Io<S>::T* params
   }
 }
 
-// Newton on one unit; returns the iterations used, *converged whether it met the test.
-// it_buf: the iterate, [time][K][kNewtonTile].
+// Newton on steps [t0, t0 + len) of one unit, from the state s0 ([K][kNewtonTile], fixed:
+// the previous segment's solution or h0; on return the segment's last state); returns the
+// iterations used, *converged whether it met the test. it_buf: the iterate, [len][K][tile].
 template <class Cell, typename S>
-FP_CPU_CLONES int32_t newton_unit(const S* pre, const typename Io<S>::T* params, const S* h0,
-                                  S* states, const CellShape& s, const NewtonCfg& cfg, int64_t b,
-                                  int64_t n0, int64_t nc, typename Io<S>::T* it_buf,
-                                  bool* converged) {
+FP_CPU_CLONES int32_t newton_segment(const S* pre, const typename Io<S>::T (*a)[kNewtonTile],
+                                     S* states, const CellShape& s, const NewtonCfg& cfg,
+                                     int64_t b, int64_t n0, int64_t nc, int64_t t0, int64_t len,
+                                     typename Io<S>::T (*s0)[kNewtonTile],
+                                     typename Io<S>::T* it_buf, bool* converged) {
   using T = typename Io<S>::T;
   constexpr int K = Cell::kState, P = Cell::kParams, W = kNewtonTile;
-  T a[P][W], s0[K][W], q[3][W];
-  load_params(params, s.channels, n0, nc, P, a);
-  load_state0(h0, b, s.channels, n0, nc, K, s0);
-  auto pre_at = [&](int64_t t) { return pre + ((b * s.time + t) * 3) * s.channels + n0; };
+  T q[3][W];
+  auto pre_at = [&](int64_t t) { return pre + ((b * s.time + t0 + t) * 3) * s.channels + n0; };
   // initial guess s^0_t = f(0, pre_t)
-  for (int64_t t = 0; t < s.time; ++t) {
+  for (int64_t t = 0; t < len; ++t) {
     load_pre(pre_at(t), s.channels, nc, q);
     T* cur = it_buf + t * K * W;
     for (int64_t i = 0; i < W; ++i) {
@@ -135,7 +138,7 @@ FP_CPU_CLONES int32_t newton_unit(const S* pre, const typename Io<S>::T* params,
       }
     }
     for (int64_t i = 0; i < W; ++i) dmx[i] = smx[i] = T(0), ok[i] = T(1);
-    for (int64_t t = 0; t < s.time; ++t) {
+    for (int64_t t = 0; t < len; ++t) {
       load_pre(pre_at(t), s.channels, nc, q);
       T* cur = it_buf + t * K * W;
       for (int64_t i = 0; i < W; ++i) {
@@ -167,20 +170,47 @@ FP_CPU_CLONES int32_t newton_unit(const S* pre, const typename Io<S>::T* params,
       finite = finite && ok[i] != T(0);
     }
     if (!finite) break;  // inf/NaN cannot recover
-    if (it >= s.time || dmax <= T(cfg.atol) + T(cfg.rtol) * smax) {
+    if (it >= len || dmax <= T(cfg.atol) + T(cfg.rtol) * smax) {
       conv = true;
       break;
     }
   }
-  for (int64_t t = 0; t < s.time; ++t) {
-    S* out = states + ((b * s.time + t) * s.channels + n0) * K;
+  for (int64_t t = 0; t < len; ++t) {
+    S* out = states + ((b * s.time + t0 + t) * s.channels + n0) * K;
     const T* cur = it_buf + t * K * W;
     for (int64_t i = 0; i < nc; ++i) {
       for (int k = 0; k < K; ++k) out[i * K + k] = Io<S>::store(cur[k * W + i]);
     }
   }
+  const T* last = it_buf + (len - 1) * K * W;
+  for (int k = 0; k < K; ++k) {
+    for (int64_t i = 0; i < W; ++i) s0[k][i] = last[k * W + i];
+  }
   *converged = conv;
   return it;
+}
+
+// Newton on one unit, segment after segment (each seeded by the previous one's solution, as on
+// CUDA; bounds the iterate buffer at kCpuSegment steps). Returns the most iterations any segment
+// needed and adds the segments that did not converge to *failed.
+template <class Cell, typename S>
+int32_t newton_unit(const S* pre, const typename Io<S>::T* params, const S* h0, S* states,
+                    const CellShape& s, const NewtonCfg& cfg, int64_t b, int64_t n0, int64_t nc,
+                    typename Io<S>::T* it_buf, int32_t* failed) {
+  using T = typename Io<S>::T;
+  constexpr int K = Cell::kState, P = Cell::kParams, W = kNewtonTile;
+  T a[P][W], s0[K][W];
+  load_params(params, s.channels, n0, nc, P, a);
+  load_state0(h0, b, s.channels, n0, nc, K, s0);
+  int32_t its = 0;
+  for (int64_t t0 = 0; t0 < s.time; t0 += kCpuSegment) {
+    bool conv = false;
+    const int64_t len = std::min(kCpuSegment, s.time - t0);
+    its = std::max(its, newton_segment<Cell>(pre, a, states, s, cfg, b, n0, nc, t0, len, s0,
+                                             it_buf, &conv));
+    *failed += conv ? 0 : 1;
+  }
+  return its;
 }
 
 template <class Cell, typename S>
@@ -248,17 +278,15 @@ void run_newton(const S* pre, const typename Io<S>::T* params, const S* h0, S* s
   int32_t max_it = 0, failed = 0;
 #pragma omp parallel if (worth_threads(s))
   {
-    std::vector<T> buf(static_cast<size_t>(s.time * K * kNewtonTile));
+    std::vector<T> buf(static_cast<size_t>(std::min(s.time, kCpuSegment) * K * kNewtonTile));
     int32_t my_it = 0, my_failed = 0;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t u = 0; u < s.batch * tiles; ++u) {
       const int64_t b = u / tiles, n0 = (u % tiles) * kNewtonTile;
-      bool conv = false;
       const int32_t it = newton_unit<Cell>(pre, params, h0, states, s, cfg, b, n0,
                                            std::min(kNewtonTile, s.channels - n0), buf.data(),
-                                           &conv);
+                                           &my_failed);
       my_it = std::max(my_it, it);
-      my_failed += conv ? 0 : 1;
     }
 #pragma omp critical
     {

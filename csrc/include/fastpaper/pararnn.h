@@ -79,7 +79,7 @@ FASTPAPER_API int32_t cell_params(Cell cell);
 FASTPAPER_API int32_t cell_state(Cell cell);
 
 // Channels per convergence unit of cell_newton: the check runs per (batch element, tile of this
-// many channels) (and per time segment on CUDA).
+// many channels, time segment).
 inline constexpr int64_t kNewtonTile = 32;
 
 // The sequential recurrence, step after step: the fast forward path on the CPU (OpenMP over batch
@@ -95,8 +95,9 @@ FASTPAPER_API Status cell_sequential(Cell cell, const void* pre, const float* pa
 // ParaRNN algorithm), fused: from s^0_t = f(0, pre_t), iterate
 //   J_t = df/ds(s^k_{t-1}, pre_t), r_t = f(s^k_{t-1}, pre_t) - s^k_t,
 //   delta_t = J_t delta_{t-1} + r_t (delta_0 = 0),  s^{k+1} = s^k + delta
-// until max|delta| <= atol + rtol * max|s| over the unit (batch element x kNewtonTile channels,
-// x one time segment on CUDA, whose converged last state seeds the next segment) or after
+// until max|delta| <= atol + rtol * max|s| over the unit (batch element x kNewtonTile channels
+// x one time segment: 1024 steps on the CPU, 64 (LSTM) or 128 (GRU) on CUDA; a segment's
+// solution seeds the next one, so the result is the same system's solution) or after
 // max_iters iterations; a unit whose first k steps are exact after k iterations (k >= its length)
 // counts as converged if finite. info[0] <- the largest iteration count of any unit, info[1] <-
 // the number of units that did not converge (non-finite values never converge). info is int32[2]

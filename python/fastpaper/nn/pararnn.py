@@ -5,7 +5,7 @@ Both cells have diagonal recurrent weights, so their Jacobians df/dh are diagona
 
 * ``"parallel"`` (default): the fused Newton kernels (``torch.ops.fastpaper.pararnn_cell_newton``,
   C++/OpenMP and CUDA): residual, Jacobian and scan in one kernel, early exit per unit
-  (batch element x 32 channels, x time segment on CUDA); backward by the fused adjoint kernel.
+  (batch element x 32 channels x time segment); backward by the fused adjoint kernel.
 * ``"parallel-generic"``: :func:`fastpaper.pararnn.newton_solve` with torch.func Jacobians and the
   :func:`fastpaper.pararnn.linear_scan` op (the path a custom Python cell takes).
 * ``"sequential"``: the C++/CUDA sequential kernel (one step after another per channel; the
@@ -172,8 +172,8 @@ class _ParaCell(nn.Module):
         self.last_info = pararnn.NewtonInfo(iterations=its, converged=failed == 0)
         if failed:
             warnings.warn(f"{type(self).__name__}: the fused Newton solve did not converge in "
-                          f"{its} iterations ({failed} of the (batch, 32-channel tile"
-                          f"{', segment' if pre.is_cuda else ''}) units)", RuntimeWarning,
+                          f"{its} iterations ({failed} of the (batch, 32-channel tile, time "
+                          f"segment) units)", RuntimeWarning,
                           stacklevel=3)
         return h
 
