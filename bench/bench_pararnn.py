@@ -9,11 +9,16 @@ Rows (all in this one process, same inputs):
 
 * ``scan``: the linear recurrence h_t = J_t h_{t-1} + r_t (diag, and 2 x 2 blocks) —
   ``fastpaper.pararnn.linear_scan`` vs a Python loop over t of torch ops.
-* ``ParaGRU fwd`` / ``fwd+bwd``: ``fastpaper.nn.ParaGRU`` with ``mode="sequential"`` (a Python
-  loop over t, autograd through it: the ParaRNN paper's baseline) vs ``mode="parallel"``
-  (Newton + scan, implicit-function backward; the generic path: Jacobians by torch.func, no fused
-  kernel). The table also gives Newton's iteration count and max |parallel - sequential|.
-* ``ParaLSTM fwd`` likewise (2 x 2 block Jacobians).
+* ``ParaGRU`` / ``ParaLSTM`` ``fwd`` and ``fwd+bwd``: ``fastpaper.nn.ParaGRU/ParaLSTM`` with
+  ``mode="loop"`` (a Python loop over t, autograd through it: the ParaRNN paper's baseline) vs
+  ``mode="sequential"`` (fastpaper's C++/CUDA sequential kernel, fused backward),
+  ``mode="parallel"`` (the fused Newton kernel: residual, Jacobian and scan in one kernel, fused
+  backward) and ``mode="parallel-generic"`` (Newton with torch.func Jacobians + the scan op,
+  implicit-function backward). The table also gives Newton's iteration count and
+  max |implementation - loop|.
+* ``ParaGRU`` / ``ParaLSTM`` ``recurrence fwd`` / ``bwd``: the same without the input projection
+  (``pre = Bx + b`` given): the torch loop of the step vs the sequential and fused Newton ops,
+  and the fused backward op alone (the numbers to compare with the memory floor).
 * ``--scan-long`` (CUDA; only these rows): the scan at B=1, N=64, T=2^20 (few channel tiles, long
   T), the per-chain kernel (one CTA per 32 channels walks all of T; the baseline of the speedup
   column) vs the multi-block look-back kernel, forced with FASTPAPER_PARARNN_SCAN.
@@ -41,6 +46,7 @@ from bench_common import device_name, time_ms
 import fastpaper
 from fastpaper import pararnn
 from fastpaper.nn import ParaGRU, ParaLSTM
+from fastpaper.nn.pararnn import gru_step, lstm_step
 
 DEFAULTS = {"cpu": dict(B=4, T=1024, N=128, D=64, repeats=3, warmup=1),
             "cuda": dict(B=8, T=2048, N=1024, D=1024, repeats=10, warmup=2)}
@@ -93,37 +99,82 @@ def run(device: torch.device, B: int, T: int, N: int, D: int, warmup: int, repea
             add(name, "fastpaper linear_scan", ms, base, max_abs_diff=err)
 
     x = torch.randn(B, T, D, generator=g).to(device, dtype)
+    impls = (("sequential kernel (C++/CUDA)", "sequential"),
+             ("fastpaper parallel fused (Newton kernel)", "parallel"),
+             ("fastpaper parallel generic (Newton+scan)", "parallel-generic"))
     for cls in (ParaGRU, ParaLSTM):
         torch.manual_seed(0)
         m = cls(D, N).to(device, param_dtype)
         name = cls.__name__
         with torch.no_grad():
-            m.mode = "sequential"
+            m.mode = "loop"
             y_seq = m(x)[0]
             base = time_ms(lambda: m(x), device, warmup, repeats)
             add(f"{name} fwd", "sequential torch loop", base, base)
-            m.mode = "parallel"
-            y_par = m(x)[0]
-            info = m.last_info
-            ms = time_ms(lambda: m(x), device, warmup, repeats)
-            add(f"{name} fwd", "fastpaper parallel (Newton+scan)", ms, base,
-                newton_iterations=info.iterations, converged=info.converged,
-                max_abs_diff=float((y_par.double() - y_seq.double()).abs().max()))
-        if cls is ParaGRU:
-            xg = x.clone().requires_grad_()
-
-            def fwd_bwd(mode):
+            for label, mode in impls:
                 m.mode = mode
-                m.zero_grad(set_to_none=True)
-                xg.grad = None
-                m(xg)[0].float().square().sum().backward()
+                y = m(x)[0]
+                info = m.last_info
+                ms = time_ms(lambda: m(x), device, warmup, repeats)
+                extra = {} if info is None else {"newton_iterations": info.iterations,
+                                                 "converged": info.converged}
+                add(f"{name} fwd", label, ms, base,
+                    max_abs_diff=float((y.double() - y_seq.double()).abs().max()), **extra)
+        xg = x.clone().requires_grad_()
 
-            base = None
-            if not skip_loop_bwd:
-                base = time_ms(lambda: fwd_bwd("sequential"), device, warmup, repeats)
-                add(f"{name} fwd+bwd", "sequential torch loop", base, base)
-            ms = time_ms(lambda: fwd_bwd("parallel"), device, warmup, repeats)
-            add(f"{name} fwd+bwd", "fastpaper parallel (Newton+scan)", ms, base)
+        def fwd_bwd(mode):
+            m.mode = mode
+            m.zero_grad(set_to_none=True)
+            xg.grad = None
+            m(xg)[0].float().square().sum().backward()
+
+        base = None
+        if not skip_loop_bwd:
+            base = time_ms(lambda: fwd_bwd("loop"), device, warmup, repeats)
+            add(f"{name} fwd+bwd", "sequential torch loop", base, base)
+        for label, mode in impls:
+            ms = time_ms(lambda: fwd_bwd(mode), device, warmup, repeats)
+            add(f"{name} fwd+bwd", label, ms, base)
+
+    # the recurrence alone (pre = Bx + b given, no projection GEMM): the numbers to hold against
+    # the memory floor (read 3 gate inputs, write the state) and the targets
+    ops = torch.ops.fastpaper
+    for cell, (cls, step) in enumerate(((ParaGRU, gru_step), (ParaLSTM, lstm_step))):
+        name, k, npar = cls.__name__, cell + 1, 3 + 2 * cell
+        pre = (torch.randn(B, T, 3 * N, generator=g) * 0.5).to(device, dtype)
+        diag = (torch.randn(npar, N, generator=g) * 0.3).to(device, param_dtype)
+        work = f"{name} recurrence fwd"
+        with torch.no_grad():
+            pre_c = pre.to(param_dtype)
+            params = tuple(diag.unbind(0))
+
+            def loop_cells():
+                s, out = pre_c.new_zeros(B, k * N), []
+                for i in range(T):
+                    s = step(s, pre_c[:, i], params)
+                    out.append(s)
+                return torch.stack(out, 1)
+
+            ref = loop_cells()
+            base = time_ms(loop_cells, device, warmup, repeats)
+            add(work, "torch loop of the step", base, base)
+            seq = ops.pararnn_cell_sequential(cell, pre, diag, None)
+            ms = time_ms(lambda: ops.pararnn_cell_sequential(cell, pre, diag, None), device,
+                         warmup, repeats)
+            add(work, "sequential kernel (C++/CUDA)", ms, base,
+                max_abs_diff=float((seq.double() - ref.double()).abs().max()))
+            tol = 1e-10 if dtype == torch.float64 else 1e-5
+            st, info = ops.pararnn_cell_newton(cell, pre, diag, None, 50, tol, tol)
+            its, failed = info.tolist()
+            ms = time_ms(lambda: ops.pararnn_cell_newton(cell, pre, diag, None, 50, tol, tol),
+                         device, warmup, repeats)
+            add(work, "fastpaper parallel fused (Newton kernel)", ms, base,
+                newton_iterations=its, converged=failed == 0,
+                max_abs_diff=float((st.double() - ref.double()).abs().max()))
+            grad = torch.randn(st.shape, generator=g).to(device, dtype)
+            ms_b = time_ms(lambda: ops.pararnn_cell_backward(cell, pre, diag, None, st, grad),
+                           device, warmup, repeats)
+            add(f"{name} recurrence bwd", "fused backward kernel", ms_b, None)
 
     metadata = {"B": B, "T": T, "N": N, "D": D, "dtype": dtype_name, "device": str(device),
                 "device_name": device_name(device), "torch": torch.__version__,

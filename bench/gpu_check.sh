@@ -70,5 +70,13 @@ timeout 300 "$python" bench/bench_krylov.py --device cuda --family helmholtz --g
   --maxiter 2000 --only "GCRO-DR recycled+sorted" --only gcrotmk \
   --json "$out/bench_krylov_helmholtz.json" 2>&1 | tee -a "$out/bench.log" || status=1
 
+# pararnn: the H200 anchors of issue 4 (B=8, T=2048, N=1024), fp32 and bf16 I/O; the Python
+# loop's backward (~3 s a run) is skipped, its forward is the speedup baseline
+for dt in float32 bfloat16; do
+  timeout 240 "$python" bench/bench_pararnn.py --device cuda --dtype "$dt" --B 8 --T 2048 \
+    --N 1024 --D 1024 --warmup 1 --repeats 5 --skip-loop-backward \
+    --json "$out/bench_pararnn_${dt}.json" 2>&1 | tee -a "$out/bench.log" || status=1
+done
+
 step "done (status $status)"
 exit $status

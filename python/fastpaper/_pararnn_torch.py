@@ -104,3 +104,117 @@ def _backward(ctx, grad):
 
 torch.library.register_autograd("fastpaper::pararnn_linear_scan", _backward,
                                 setup_context=_setup, lib=LIB)
+
+
+# ------------------------------------------------------------------ fused ParaGRU / ParaLSTM
+#
+# cell: 0 = ParaGRU (state K = 1 per channel, 3 params), 1 = ParaLSTM (K = 2: (c, h) interleaved,
+# 5 params). pre [B, T, 3N] (gates-major per step, the cells' project() layout), params [P, N]
+# (float64 for float64 pre, float32 otherwise), h0 [B, K*N] or None, states [B, T, K*N] in pre's
+# dtype. The Newton op also returns info = int32 [2] (max iterations, non-converged units).
+# Both forwards share one backward op (the adjoint at the solution does not depend on how the
+# solution was found); it is not itself differentiable (no double backward).
+
+NEWTON_TILE = int(_C.NEWTON_TILE)
+CELL_STATE = (1, 2)
+CELL_PARAMS = (3, 5)
+
+LIB.define("pararnn_cell_sequential(int cell, Tensor pre, Tensor params, Tensor? h0) -> Tensor")
+LIB.define("pararnn_cell_newton(int cell, Tensor pre, Tensor params, Tensor? h0, int max_iters, "
+           "float atol, float rtol) -> (Tensor, Tensor)")
+LIB.define("pararnn_cell_backward(int cell, Tensor pre, Tensor params, Tensor? h0, Tensor states, "
+           "Tensor grad) -> (Tensor, Tensor, Tensor)")
+
+
+def _cell_dims(cell, pre):
+    """(B, T, N, K) of a cell op's pre [B, T, 3N]; ValueError naming the bad argument."""
+    if cell not in (0, 1):
+        raise ValueError(f"cell must be 0 (ParaGRU) or 1 (ParaLSTM), got {cell!r}")
+    if pre.dim() != 3 or pre.shape[2] % 3:
+        raise ValueError(f"pre must have shape [B, T, 3N], got {tuple(pre.shape)}")
+    b, t, n3 = pre.shape
+    return b, t, n3 // 3, CELL_STATE[cell]
+
+
+def _c(x):
+    return None if x is None else x.detach().contiguous()
+
+
+def _states_like(cell, pre):
+    b, t, n, k = _cell_dims(cell, pre)
+    return pre.new_empty(b, t, k * n)
+
+
+def _sequential_kernel(cell, pre, params, h0):
+    pre, params, h0 = _c(pre), _c(params), _c(h0)
+    states = _states_like(cell, pre)
+    b, t, n, _ = _cell_dims(cell, pre)
+    with device_guard(pre):
+        _C.cell_sequential(cell, pre, params, h0, states, b, t, n, stream_of(pre))
+    return states
+
+
+def _newton_kernel(cell, pre, params, h0, max_iters, atol, rtol):
+    pre, params, h0 = _c(pre), _c(params), _c(h0)
+    states = _states_like(cell, pre)
+    info = torch.zeros(2, dtype=torch.int32, device=pre.device)
+    b, t, n, _ = _cell_dims(cell, pre)
+    with device_guard(pre):
+        _C.cell_newton(cell, pre, params, h0, states, info, b, t, n, max_iters, atol, rtol,
+                       stream_of(pre))
+    return states, info
+
+
+def _cell_backward_kernel(cell, pre, params, h0, states, grad):
+    pre, params, h0, states, grad = _c(pre), _c(params), _c(h0), _c(states), _c(grad)
+    b, t, n, _ = _cell_dims(cell, pre)
+    dpre = torch.empty_like(pre)
+    dh0 = pre.new_empty(b, CELL_STATE[cell] * n)
+    dparams = torch.empty_like(params)
+    workspace = params.new_empty(b, *params.shape)
+    with device_guard(pre):
+        _C.cell_backward(cell, pre, params, h0, states, grad, dpre, dh0, dparams, workspace, b, t,
+                         n, stream_of(pre))
+    return dpre, dparams, dh0
+
+
+for _device in ("CPU", "CUDA"):
+    LIB.impl("pararnn_cell_sequential", _sequential_kernel, _device)
+    LIB.impl("pararnn_cell_newton", _newton_kernel, _device)
+    LIB.impl("pararnn_cell_backward", _cell_backward_kernel, _device)
+
+
+@torch.library.register_fake("fastpaper::pararnn_cell_sequential", lib=LIB)
+def _sequential_fake(cell, pre, params, h0):
+    return _states_like(cell, pre)
+
+
+@torch.library.register_fake("fastpaper::pararnn_cell_newton", lib=LIB)
+def _newton_fake(cell, pre, params, h0, max_iters, atol, rtol):
+    return _states_like(cell, pre), pre.new_empty(2, dtype=torch.int32)
+
+
+@torch.library.register_fake("fastpaper::pararnn_cell_backward", lib=LIB)
+def _cell_backward_fake(cell, pre, params, h0, states, grad):
+    b, t, n, k = _cell_dims(cell, pre)
+    return torch.empty_like(pre), torch.empty_like(params), pre.new_empty(b, k * n)
+
+
+def _cell_setup(ctx, inputs, output):
+    cell, pre, params, h0 = inputs[:4]
+    states = output[0] if isinstance(output, (tuple, list)) else output
+    ctx.cell, ctx.has_h0 = cell, h0 is not None
+    ctx.save_for_backward(pre, params, h0, states)
+
+
+def _cell_backward(ctx, grad, *rest):
+    pre, params, h0, states = ctx.saved_tensors
+    dpre, dparams, dh0 = torch.ops.fastpaper.pararnn_cell_backward(
+        ctx.cell, pre, params, h0, states, grad.to(states.dtype))
+    return (None, dpre, dparams, dh0 if ctx.has_h0 else None) + (None,) * (len(ctx.needs_input_grad) - 4)
+
+
+torch.library.register_autograd("fastpaper::pararnn_cell_sequential", _cell_backward,
+                                setup_context=_cell_setup, lib=LIB)
+torch.library.register_autograd("fastpaper::pararnn_cell_newton", _cell_backward,
+                                setup_context=_cell_setup, lib=LIB)

@@ -19,7 +19,13 @@ Entry points:
   diagonal or block-diagonal Jacobians, CPU (C++/OpenMP) and CUDA.
 * :func:`newton_solve` — any cell written in PyTorch, Jacobians by ``torch.func`` forward-mode AD,
   gradients by the implicit-function theorem (one reversed scan, no backprop through Newton).
-* :class:`fastpaper.nn.ParaGRU`, :class:`fastpaper.nn.ParaLSTM` — the paper's cells.
+* :class:`fastpaper.nn.ParaGRU`, :class:`fastpaper.nn.ParaLSTM` — the paper's cells, by default
+  through fused kernels (``torch.ops.fastpaper.pararnn_cell_newton`` /
+  ``pararnn_cell_sequential`` / ``pararnn_cell_backward``, C++/OpenMP and CUDA, math in
+  ``csrc/include/fastpaper/detail/pararnn_cells.h``): residual, Jacobian, scan and the
+  convergence test in one kernel, the iterate in registers on CUDA; a fused adjoint backward
+  that returns the gradients of the pre-activations, the initial state and the diagonal
+  parameters directly. ``mode="parallel-generic"`` keeps the :func:`newton_solve` path.
 """
 
 from __future__ import annotations
