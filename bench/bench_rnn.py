@@ -12,7 +12,11 @@ Each config ``cell:NH`` splits ``--hidden`` into NH heads of DH = hidden / NH. R
 
 * ``fastpaper.nn``: the nn.Module (input projection as one GEMM + the fused recurrence), fwd and
   fwd+bwd (backward of sum(output)), in --dtype.
-* ``fastpaper.rnn.flashrnn``: the op alone (Wx given), what FlashRNN's figures time.
+* ``fastpaper.rnn.flashrnn``: the op alone (Wx given), what FlashRNN's figures time; on CUDA the
+  note names the kernel family that ran forward / backward (persistent, cluster, cooperative,
+  step). ``--paths auto,cluster,cooperative,step`` repeats the op row with each family forced
+  (fastpaper._rnn.set_cuda_path, i.e. FASTPAPER_RNN_PATH); a family that cannot run the shape
+  gets a row with the reason. ``--op-only`` skips every other row.
 * ``torch.nn.LSTM / GRU`` (single-head lstm/gru configs): cuDNN on GPU (fp16 and the --dtype), the
   native CPU implementation on CPU.
 * ``plain loop``: a Python loop over t of torch ops (autograd for the backward).
@@ -33,6 +37,7 @@ import torch
 from bench_common import device_name, time_ms
 
 import fastpaper
+from fastpaper import _native
 from fastpaper import nn as fnn
 from fastpaper import rnn
 
@@ -105,6 +110,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-loop", action="store_true", help="skip the plain PyTorch loop")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--paths", default="auto",
+                    help="CUDA kernel families for the op rows: auto,persistent,cluster,cooperative,step")
+    ap.add_argument("--op-only", action="store_true", help="only the fastpaper.rnn.flashrnn rows")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -121,11 +129,28 @@ def main(argv=None) -> int:
                      "note": note})
         f = "-" if fwd is None else f"{fwd:9.2f}"
         fb = "-" if fwdbwd is None else f"{fwdbwd:9.2f}"
-        print(f"{config:>14} | {impl:<34} | {f:>9} | {fb:>9} | {note}", flush=True)
+        print(f"{config:>14} | {impl:<42} | {f:>9} | {fb:>9} | {note}", flush=True)
 
     print(f"rnn benchmark on {device_name(device)}: B={B} T={T} hidden={H} dtype={args.dtype} "
           f"threads={torch.get_num_threads()} fastpaper {fastpaper.__version__}")
-    print(f"{'config':>14} | {'implementation':<34} | {'fwd ms':>9} | {'fwd+bwd':>9} | note")
+    print(f"{'config':>14} | {'implementation':<42} | {'fwd ms':>9} | {'fwd+bwd':>9} | note")
+
+    def set_path(path):
+        if device.type == "cuda":
+            _native.load("rnn").set_cuda_path(path)
+
+    def path_note(path, cell, B, T, NH, DH):
+        """Sets the CUDA family and names the ones forward / backward take (CUDA only)."""
+        if device.type != "cuda":
+            return ""
+        set_path(path)
+        cid = rnn.CELLS.index(cell)
+        try:
+            fp, bp = (_native.load("rnn").cuda_path(args.dtype, B, T, NH, DH, cid, bw)
+                      for bw in (False, True))
+        except ValueError as e:
+            return "cannot run: " + str(e).split("cannot run", 1)[-1].strip(" :")
+        return f"fwd {fp}, bwd {bp}"
 
     def fwd_bwd(module):
         xr = x.detach().requires_grad_()
@@ -143,21 +168,32 @@ def main(argv=None) -> int:
             continue
         DH = H // NH
         config = f"{cell} {NH}x{DH}"
-        mod = MODULES[cell](H, H, num_heads=NH).to(device=device, dtype=dtype)
-        with torch.no_grad():
-            f = tm(lambda: mod(x))
-        add(config, f"fastpaper.nn.{type(mod).__name__}", f, tm(fwd_bwd(mod)))
         G, GB, S = rnn.cell_dims(cell)
+        if not args.op_only:
+            mod = MODULES[cell](H, H, num_heads=NH).to(device=device, dtype=dtype)
+            with torch.no_grad():
+                f = tm(lambda: mod(x))
+            add(config, f"fastpaper.nn.{type(mod).__name__}", f, tm(fwd_bwd(mod)),
+                path_note("auto", cell, B, T, NH, DH))
         Wx = torch.randn(B, T, G, NH, DH, device=device, dtype=dtype)
         R = (torch.randn(G, NH, DH, DH, device=device) / DH ** 0.5).to(dtype)
         b = torch.zeros(GB, NH, DH, device=device, dtype=dtype)
-        with torch.no_grad():
-            f = tm(lambda: rnn.flashrnn(Wx, R, b, cell=cell))
         ins = [t.detach().requires_grad_() for t in (Wx, R, b)]
 
         def op_fb():
             rnn.flashrnn(*ins, cell=cell)[0].float().sum().backward()
-        add(config, "fastpaper.rnn.flashrnn (op)", f, tm(op_fb))
+        for path in (args.paths.split(",") if device.type == "cuda" else ["auto"]):
+            impl = "fastpaper.rnn.flashrnn (op)" + ("" if path == "auto" else f" [{path}]")
+            note = path_note(path, cell, B, T, NH, DH)
+            if note.startswith("cannot run"):
+                add(config, impl, None, None, note)
+                continue
+            with torch.no_grad():
+                f = tm(lambda: rnn.flashrnn(Wx, R, b, cell=cell))
+            add(config, impl, f, tm(op_fb), note)
+        set_path("auto")
+        if args.op_only:
+            continue
         if cell in TORCH and NH == 1:
             dtypes = [dtype] if device.type == "cpu" else sorted({torch.float16, dtype}, key=str)
             for dt in dtypes:
