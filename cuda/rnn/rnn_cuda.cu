@@ -31,6 +31,9 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <array>
+#include <map>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -450,7 +453,7 @@ Status launch_sliced(const Args& a, const Shape& sh, const SliceLayout& L, float
   return launched(what);
 }
 
-// The one place that decides which kernel family runs a forward (kBackward = false) or backward
+// The one place (with its memo, choose_path below) that decides which kernel family runs a forward (kBackward = false) or backward
 // call on the current device, and with which slices. In order, the first that fits:
 //  1. persistent: R_n, the 16-row tile's h / products / states fit one CTA's opt-in shared memory
 //     (227 KB on H100/H200: bf16 LSTM up to DH = 128 forward, fp32 up to DH = 64); one CTA per
@@ -467,7 +470,7 @@ Status launch_sliced(const Args& a, const Shape& sh, const SliceLayout& L, float
 // (or set_cuda_path) forces one family: when it cannot run the call, the call fails with
 // invalid_argument and the reason instead of silently taking another path.
 template <typename S, typename C, bool kBackward>
-Status choose_path(const Shape& sh, Plan* plan) {
+Status choose_path_uncached(const Shape& sh, Plan* plan) {
   constexpr int G = C::G, NS = C::S;
   constexpr bool f32 = std::is_same_v<S, float>;
   const int64_t B = sh.batch, NH = sh.heads, DH = sh.head_dim;
@@ -616,6 +619,32 @@ Status choose_path(const Shape& sh, Plan* plan) {
     return Status::ok;
   }
   return refuse("no kernel fits");
+}
+
+// choose_path with a per-process memo: the occupancy queries cost tens of microseconds per call,
+// and the answer only depends on the device, the shape (batch tiles, heads, head_dim) and the
+// setting. Refusals are not memoized (they record their message).
+template <typename S, typename C, bool kBackward>
+Status choose_path(const Shape& sh, Plan* plan) {
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 5>, Plan> memo;
+  int dev = 0;
+  cudaGetDevice(&dev);
+  const std::array<int64_t, 5> key{dev, (sh.batch + kTile - 1) / kTile, sh.heads, sh.head_dim,
+                                   static_cast<int64_t>(forced_cuda_path())};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (const auto it = memo.find(key); it != memo.end()) {
+      *plan = it->second;
+      return Status::ok;
+    }
+  }
+  const Status st = choose_path_uncached<S, C, kBackward>(sh, plan);
+  if (st == Status::ok) {
+    std::lock_guard<std::mutex> lock(mutex);
+    memo.emplace(key, *plan);
+  }
+  return st;
 }
 
 template <typename S, template <class> class CellT>
