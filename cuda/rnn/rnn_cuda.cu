@@ -535,7 +535,7 @@ Status choose_path_uncached(const Shape& sh, Plan* plan) {
       // the fitting sizes: the first with <= 128 rows per CTA first, then the others ascending
       int order[4], count = 0;
       for (int P = 2; P <= 16; P *= 2) {
-        if (!slice_ok(P) || slice_layout(kBackward, true, G, NS, DH, P, elem).total > optin) continue;
+        if (!slice_ok(P) || slice_layout(kBackward, true, G, NS, DH, P, elem, std::is_same_v<S, bf16_t>).total > optin) continue;
         order[count++] = P;
         for (int i = count - 1; i > 0 && G * (DH / order[i]) <= 128 && G * (DH / order[i - 1]) > 128; --i) {
           std::swap(order[i], order[i - 1]);
@@ -543,7 +543,7 @@ Status choose_path_uncached(const Shape& sh, Plan* plan) {
       }
       const auto kernel = sliced_kernel<S, C, kBackward, true>();
       for (int i = 0; i < count; ++i) {
-        const SliceLayout L = slice_layout(kBackward, true, G, NS, DH, order[i], elem);
+        const SliceLayout L = slice_layout(kBackward, true, G, NS, DH, order[i], elem, std::is_same_v<S, bf16_t>);
         if (!set_sliced_attributes(kernel, L.total, L.parts)) continue;
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = dim3(static_cast<unsigned>(NH * L.parts), static_cast<unsigned>(tiles));
@@ -584,7 +584,7 @@ Status choose_path_uncached(const Shape& sh, Plan* plan) {
       SliceLayout fallback, preferred;
       for (int64_t P = 1; P <= DH && preferred.parts == 0; ++P) {
         if (!slice_ok(P) || NH * P * tiles > int64_t{sms} * 32) continue;
-        const SliceLayout L = slice_layout(kBackward, false, G, NS, DH, static_cast<int>(P), elem);
+        const SliceLayout L = slice_layout(kBackward, false, G, NS, DH, static_cast<int>(P), elem, std::is_same_v<S, bf16_t>);
         if (L.total > optin || !set_sliced_attributes(kernel, L.total, 0)) continue;
         int per_sm = 0;
         if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,

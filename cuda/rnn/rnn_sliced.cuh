@@ -17,8 +17,9 @@
 //   CTAs), h exchanged through a global fp32 double buffer hbuf [2][B][NH*DH] (read with ld.cg, so
 //   never from a stale L1 line), grid.sync() per step; same double-buffer argument.
 // Backward (bwd_sliced), reverse time: CTA p holds the same R slice; per step it forms the partial
-// product P_p[bb][k] = sum_{c in its rows} d pre_{t+1}[bb][c] R[c][k] for all DH columns k (fp32
-// FMA, a thread per (row, k)), then after the barrier each CTA sums the P partials of its own U
+// product P_p[bb][k] = sum_{c in its rows} d pre_{t+1}[bb][c] R[c][k] for all DH columns k (bf16
+// storage: on tensor cores, d pre split into two bf16 terms hi + lo so the product keeps ~16 bits
+// of d pre, fp32 accumulate; fp16 / fp32: FMA, a thread per (row, k)), then after the barrier each CTA sums the P partials of its own U
 // columns in rank order (deterministic) from its peers (DSMEM, or the global double buffer pbuf),
 // and runs the pointwise backward of its units (bwd_unit), writing d pre to `work` like
 // bwd_persistent / bwd_step so the dR / db / dWx kernels finish the job.
@@ -67,16 +68,19 @@ template <typename T> __device__ inline T* cluster_peer(T* p, unsigned rank) {
 // Shared-memory layout of one sliced CTA, forward and backward (byte offsets, 128-aligned).
 //   fwd: sR [G*U][ldr] S | sH [nh][16][ldh] S | sRec [kparts][16][G*U] f32 | sSt [NS][16][U] f32
 //   bwd: sR [G*U][ldr] S | sW [16][G*U] f32  | sP [2][16][DH] f32 (cluster) | sD [NS][16][U] f32
+//        | (mma) sWhl [2][16][ldw] S: d pre split into a bf16 high part and the bf16 remainder
 // Rows are padded (16-bit: +8 elements, keeps wmma's 32-byte alignment and spreads banks; fp32:
 // +1 so a warp's threads, one per output row c, hit distinct banks).
 struct SliceLayout {
   int32_t parts = 0, units = 0, kparts = 1;
-  int64_t ldr = 0, ldh = 0;
-  int64_t off_b = 0, off_c = 0, off_d = 0, total = 0;
+  int32_t mma = 0;  // backward: the partial R^T product on tensor cores (bf16 storage)
+  int64_t ldr = 0, ldh = 0, ldw = 0;
+  int64_t off_b = 0, off_c = 0, off_d = 0, off_e = 0, total = 0;
 };
 
+// bf16: the storage type is bfloat16 (the backward's tensor-core product needs its range).
 inline SliceLayout slice_layout(bool backward, bool cluster, int G, int NS, int64_t DH,
-                                int parts, int64_t elem) {
+                                int parts, int64_t elem, bool bf16) {
   SliceLayout L;
   L.parts = parts;
   L.units = static_cast<int32_t>(DH / parts);
@@ -108,7 +112,13 @@ inline SliceLayout slice_layout(bool backward, bool cluster, int G, int NS, int6
     L.off_c = L.off_b + align_up(kTile * GU * 4, 128);
     L.off_d = L.off_c + (cluster ? align_up(2 * kTile * DH * 4, 128) : 0);
   }
+  L.off_e = L.off_d + align_up(NS * kTile * L.units * 4, 128);
   L.total = L.off_d + NS * kTile * L.units * 4;
+  if (backward && bf16 && GU % 16 == 0 && DH % 16 == 0) {
+    L.mma = 1;
+    L.ldw = GU + 8;
+    L.total = L.off_e + 2 * kTile * L.ldw * elem;
+  }
   return L;
 }
 
@@ -277,7 +287,8 @@ fwd_sliced(FwdArgs<S, float> a, Shape sh, SliceLayout L, float* hbuf) {
 // ---- backward, sliced ---------------------------------------------------------------------------
 // Grid and groups as fwd_sliced; 256 threads. Per step t = T-1 .. -1 (t = -1: only the R^T product
 // of step 0, for the initial-state gradient): (1) the partial R^T product of the CTA's rows for all
-// DH columns (a thread per (row, k), G*U FMAs from shared memory); (2) barrier; (3) each CTA adds
+// DH columns (bf16: wmma, warp w owns the 16-column tiles w, w+8, ..., two MMAs (hi, lo) per
+// 16-row k step; else a thread per (row, k), G*U FMAs from shared memory); (2) barrier; (3) each CTA adds
 // the partials of its U columns from all P CTAs (rank order) to d h; (4) the pointwise backward of
 // its units (bwd_unit; same thread -> unit map as (3), so no barrier between them), whose d pre
 // rows 0..G-1 feed the next (earlier) step's partial product.
@@ -302,6 +313,8 @@ bwd_sliced(BwdArgs<S, float> a, Shape sh, SliceLayout L, float* pbuf) {
   float* sW = reinterpret_cast<float*>(smem + L.off_b);    // [16][G*U] d pre_{t+1}, own rows
   float* sP = reinterpret_cast<float*>(smem + L.off_c);    // [2][16][DH] partials (cluster)
   float* sD = reinterpret_cast<float*>(smem + L.off_d);    // [NS][16][U] state gradients
+  S* sWh = reinterpret_cast<S*>(smem + L.off_e);           // (mma) [16][ldw] high parts of sW
+  S* sWl = sWh + kTile * L.ldw;                              // (mma) [16][ldw] remainders
   // cooperative: this CTA's partials live at pbuf[buf][group][p] (group = tile * NH + n)
   const int64_t group = static_cast<int64_t>(blockIdx.y) * NH + n, groups = gridDim.y * NH;
   auto partials = [&](int buf, int q) -> float* {
@@ -314,6 +327,9 @@ bwd_sliced(BwdArgs<S, float> a, Shape sh, SliceLayout L, float* pbuf) {
     sR[c * ldr + k] = a.R[((g * NH + n) * DH + j0 + u) * DH + k];
   }
   for (int64_t i = tid; i < kTile * GU; i += kThreads) sW[i] = 0.f;
+  if (L.mma) {
+    for (int64_t i = tid; i < 2 * kTile * L.ldw; i += kThreads) sWh[i] = Io<S>::store(0.f);
+  }
   for (int64_t i = tid; i < kTile * U; i += kThreads) {
     const int64_t bb = i / U, u = i % U, b = b0 + bb;
     for (int s = 0; s < NS; ++s) {
@@ -326,12 +342,38 @@ bwd_sliced(BwdArgs<S, float> a, Shape sh, SliceLayout L, float* pbuf) {
     __syncthreads();
     // (1) P[bb][k] = sum_c d pre_{t+1}[bb][c] R_slice[c][k]  (sW is zero before the last step)
     float* mine = partials(buf, p);
-    for (int64_t i = tid; i < kTile * DH; i += kThreads) {
-      const int64_t bb = i / DH, k = i % DH;
-      const float* w = sW + bb * GU;
-      float acc = 0.f;
-      for (int64_t c = 0; c < GU; ++c) acc = fmaf(w[c], Io<S>::load(sR[c * ldr + k]), acc);
-      mine[i] = acc;
+    bool done = false;
+    if constexpr (std::is_same_v<S, bf16_t>) {
+      if (L.mma) {  // tensor cores: P = (W_hi + W_lo) R_slice, warp w owns column tiles w, w+8, ...
+        using namespace nvcuda;
+        using E = typename Wmma<S>::type;
+        const int warp = tid / 32;
+        for (int64_t kt = warp; kt < DH / 16; kt += kWarps) {
+          wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+          wmma::fill_fragment(acc, 0.f);
+          for (int64_t c0 = 0; c0 < GU; c0 += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::row_major> fa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::row_major> fb;
+            wmma::load_matrix_sync(fb, reinterpret_cast<const E*>(sR) + c0 * ldr + kt * 16,
+                                   static_cast<unsigned>(ldr));
+            wmma::load_matrix_sync(fa, reinterpret_cast<const E*>(sWh) + c0, static_cast<unsigned>(L.ldw));
+            wmma::mma_sync(acc, fa, fb, acc);
+            wmma::load_matrix_sync(fa, reinterpret_cast<const E*>(sWl) + c0, static_cast<unsigned>(L.ldw));
+            wmma::mma_sync(acc, fa, fb, acc);
+          }
+          wmma::store_matrix_sync(mine + kt * 16, acc, static_cast<unsigned>(DH), wmma::mem_row_major);
+        }
+        done = true;
+      }
+    }
+    if (!done) {  // FMA, a thread per (row, k)
+      for (int64_t i = tid; i < kTile * DH; i += kThreads) {
+        const int64_t bb = i / DH, k = i % DH;
+        const float* w = sW + bb * GU;
+        float acc = 0.f;
+        for (int64_t c = 0; c < GU; ++c) acc = fmaf(w[c], Io<S>::load(sR[c * ldr + k]), acc);
+        mine[i] = acc;
+      }
     }
     // (2) all partials of this step are visible; the buffer written two steps later is no longer
     // read (its readers passed this barrier after their step-(t+2) reads)
@@ -363,7 +405,15 @@ bwd_sliced(BwdArgs<S, float> a, Shape sh, SliceLayout L, float* pbuf) {
       for (int s = 0; s < NS; ++s) d[s] = sD[(s * kTile + bb) * U + u];
       bwd_unit<S, C>(a, sh, t, b, n, j0 + u, d, dpre);
       for (int s = 0; s < NS; ++s) sD[(s * kTile + bb) * U + u] = d[s];
-      for (int g = 0; g < G; ++g) sW[bb * GU + g * U + u] = dpre[g];
+      if (L.mma) {  // hi = bf16(d pre), lo = bf16(d pre - hi): about 16 significant bits together
+        for (int g = 0; g < G; ++g) {
+          const S hi = Io<S>::store(dpre[g]);
+          sWh[bb * L.ldw + g * U + u] = hi;
+          sWl[bb * L.ldw + g * U + u] = Io<S>::store(dpre[g] - Io<S>::load(hi));
+        }
+      } else {
+        for (int g = 0; g < G; ++g) sW[bb * GU + g * U + u] = dpre[g];
+      }
     }
   }
   if constexpr (kCluster) cluster_barrier();  // peers may still read this CTA's partials
