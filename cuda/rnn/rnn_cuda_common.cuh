@@ -30,12 +30,13 @@ __host__ __device__ inline int64_t align_up(int64_t v, int64_t a) { return (v + 
 
 // Forward cell of unit j of head n, batch row b, step t, given its recurrent products rec[G]
 // (R_n h_{t-1}) and previous states prev[S]: writes the new states to next[S] and, where the API
-// asked for them, hist[:, t + 1], cache[t] (the pre-activations) and h_all[b, t]. A row past its
+// asked for them, hist[:, t + 1], cache[t] (the pre-activations) and h_all[b, t]. wx_pre: Wx[b, t,
+// :, n, j] already loaded (prefetched by the caller), or nullptr to load it here. A row past its
 // length is frozen: next = prev, cached pre-activations 0, h_all 0.
 template <typename S, typename C>
 __device__ inline void fwd_unit(const FwdArgs<S, float>& a, const Shape& sh, int64_t t, int64_t b,
                                 int64_t n, int64_t j, const float* rec, const float* prev,
-                                float* next) {
+                                float* next, const float* wx_pre = nullptr) {
   constexpr int G = C::G, GB = C::GB, NS = C::S;
   const int64_t DH = sh.head_dim, NH = sh.heads, B = sh.batch, Tn = sh.time;
   const int64_t N = NH * DH, BN = B * N, unit = b * N + n * DH + j;
@@ -44,7 +45,7 @@ __device__ inline void fwd_unit(const FwdArgs<S, float>& a, const Shape& sh, int
   if (active) {
     float wx[G], bias[GB];
     const S* wxp = a.Wx + ((b * Tn + t) * G * NH + n) * DH + j;
-    for (int g = 0; g < G; ++g) wx[g] = Io<S>::load(wxp[g * N]);
+    for (int g = 0; g < G; ++g) wx[g] = wx_pre ? wx_pre[g] : Io<S>::load(wxp[g * N]);
     for (int g = 0; g < GB; ++g) bias[g] = Io<S>::load(a.b[g * N + n * DH + j]);
     C::preact(wx, rec, bias, pre);
     C::forward(pre, prev, next);

@@ -129,6 +129,8 @@ inline SliceLayout slice_layout(bool backward, bool cluster, int G, int NS, int6
 // tile, k slice) dealt to the 8 warps round-robin, k-slice partials summed in order by the cell),
 // fp32 by FMA (a thread per output); (2) the cell of the CTA's 16 x U units (a thread per unit,
 // fwd_unit), which also publishes h rounded to the storage type; (3) exchange + one barrier.
+// Each step first issues the loads of its Wx values (for the thread's first two units), so their
+// memory latency overlaps (1).
 template <typename S, typename C, bool kCluster>
 __global__ void __launch_bounds__(kThreads)
 fwd_sliced(FwdArgs<S, float> a, Shape sh, SliceLayout L, float* hbuf) {
@@ -174,7 +176,19 @@ fwd_sliced(FwdArgs<S, float> a, Shape sh, SliceLayout L, float* hbuf) {
     }
     cluster_barrier();  // every CTA of the cluster runs and is initialized before any DSMEM write
   }
+  // Wx of the current step for the thread's first kPre units, loaded before the MMA so that its
+  // memory latency overlaps the recurrent product instead of following it
+  constexpr int kPre = 2;
+  float wx_next[kPre][G];
   for (int64_t t = 0; t < Tn; ++t) {
+#pragma unroll
+    for (int m = 0; m < kPre; ++m) {
+      const int64_t i = tid + m * kThreads, b = b0 + i / U;
+      if (i < kTile * U && b < B) {
+        const S* wxp = a.Wx + ((b * Tn + t) * G * NH + n) * DH + j0 + i % U;
+        for (int g = 0; g < G; ++g) wx_next[m][g] = Io<S>::load(wxp[g * N]);
+      }
+    }
     S* hcur = sH + (kCluster ? (t & 1) * kTile * ldh : 0);
     if constexpr (!kCluster) {
       // h_{t-1} of the whole head: the initial states at t = 0, else the exchange buffer
@@ -229,9 +243,9 @@ fwd_sliced(FwdArgs<S, float> a, Shape sh, SliceLayout L, float* hbuf) {
     // the local copy; cooperative: the global exchange buffer)
     S* hnext = sH + (kCluster ? ((t + 1) & 1) * kTile * ldh : 0);
     const int kparts = std::is_same_v<S, float> ? 1 : L.kparts;
-    for (int64_t i = tid; i < kTile * U; i += kThreads) {
+    auto cell = [&](int64_t i, const float* wx) {
       const int64_t bb = i / U, u = i % U, j = j0 + u, b = b0 + bb;
-      if (b >= B) continue;
+      if (b >= B) return;
       float rec[G], prev[NS], next[NS];
       for (int g = 0; g < G; ++g) {
         float r = 0.f;
@@ -239,7 +253,7 @@ fwd_sliced(FwdArgs<S, float> a, Shape sh, SliceLayout L, float* hbuf) {
         rec[g] = r;
       }
       for (int s = 0; s < NS; ++s) prev[s] = sSt[(s * kTile + bb) * U + u];
-      fwd_unit<S, C>(a, sh, t, b, n, j, rec, prev, next);
+      fwd_unit<S, C>(a, sh, t, b, n, j, rec, prev, next, wx);
       for (int s = 0; s < NS; ++s) sSt[(s * kTile + bb) * U + u] = next[s];
       const S hv = Io<S>::store(next[0]);
       if constexpr (kCluster) {
@@ -247,7 +261,12 @@ fwd_sliced(FwdArgs<S, float> a, Shape sh, SliceLayout L, float* hbuf) {
       } else {
         hbuf[((t + 1) & 1) * BN + b * N + n * DH + j] = Io<S>::load(hv);
       }
+    };
+#pragma unroll
+    for (int m = 0; m < kPre; ++m) {
+      if (tid + m * kThreads < kTile * U) cell(tid + m * kThreads, wx_next[m]);
     }
+    for (int64_t i = tid + kPre * kThreads; i < kTile * U; i += kThreads) cell(i, nullptr);
     if constexpr (kCluster) {
       __syncthreads();
       // (3) push the CTA's columns [j0, j0 + U) of all 16 rows into the peers' next buffer
