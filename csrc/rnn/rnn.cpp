@@ -205,14 +205,18 @@ const char* get_cuda_path() {
 Status cuda_path(DType dtype, const Shape& s, bool backward, const char** name) {
   if (name == nullptr) return fail(Status::invalid_argument, "rnn::cuda_path: name is null");
   if (Status st = check_shape(s, Device::cuda); st != Status::ok) return st;
-  if (empty(s)) return fail(Status::invalid_argument, "rnn::cuda_path: empty shape (no kernel runs)");
+  if (empty(s)) {
+    return fail(Status::invalid_argument, "rnn::cuda_path: empty shape (no kernel runs)");
+  }
   return cuda::describe_path(dtype, s, backward, name);
 }
 
 #if !FASTPAPER_HAS_CUDA
 // CPU-only build: the CUDA entry points exist so the dispatcher links; check_shape already refused.
 namespace cuda {
-Status describe_path(DType, const Shape&, bool, const char**) { return Status::not_built_with_cuda; }
+Status describe_path(DType, const Shape&, bool, const char**) {
+  return Status::not_built_with_cuda;
+}
 template <typename S, typename T>
 Status forward(const FwdArgs<S, T>&, const Shape&, void*) {
   return Status::not_built_with_cuda;

@@ -453,8 +453,9 @@ Status launch_sliced(const Args& a, const Shape& sh, const SliceLayout& L, float
   return launched(what);
 }
 
-// The one place (with its memo, choose_path below) that decides which kernel family runs a forward (kBackward = false) or backward
-// call on the current device, and with which slices. In order, the first that fits:
+// The one place (with its memo, choose_path below) that decides which kernel family runs a
+// forward (kBackward = false) or backward call on the current device, and with which slices. In
+// order, the first that fits:
 //  1. persistent: R_n, the 16-row tile's h / products / states fit one CTA's opt-in shared memory
 //     (227 KB on H100/H200: bf16 LSTM up to DH = 128 forward, fp32 up to DH = 64); one CTA per
 //     (head, batch tile), no inter-CTA synchronisation.
@@ -524,6 +525,7 @@ Status choose_path_uncached(const Shape& sh, Plan* plan) {
     }
   }
   const int64_t elem = sizeof(S);
+  constexpr bool bf16 = std::is_same_v<S, bf16_t>;
   auto slice_ok = [&](int64_t P) {
     if (P < 1 || DH % P != 0) return false;
     if (!f32 && !kBackward && ((G * (DH / P)) % 16 != 0 || DH % 16 != 0)) return false;
@@ -535,15 +537,18 @@ Status choose_path_uncached(const Shape& sh, Plan* plan) {
       // the fitting sizes: the first with <= 128 rows per CTA first, then the others ascending
       int order[4], count = 0;
       for (int P = 2; P <= 16; P *= 2) {
-        if (!slice_ok(P) || slice_layout(kBackward, true, G, NS, DH, P, elem, std::is_same_v<S, bf16_t>).total > optin) continue;
+        if (!slice_ok(P) || slice_layout(kBackward, true, G, NS, DH, P, elem, bf16).total > optin) {
+          continue;
+        }
         order[count++] = P;
-        for (int i = count - 1; i > 0 && G * (DH / order[i]) <= 128 && G * (DH / order[i - 1]) > 128; --i) {
+        for (int i = count - 1;
+             i > 0 && G * (DH / order[i]) <= 128 && G * (DH / order[i - 1]) > 128; --i) {
           std::swap(order[i], order[i - 1]);
         }
       }
       const auto kernel = sliced_kernel<S, C, kBackward, true>();
       for (int i = 0; i < count; ++i) {
-        const SliceLayout L = slice_layout(kBackward, true, G, NS, DH, order[i], elem, std::is_same_v<S, bf16_t>);
+        const SliceLayout L = slice_layout(kBackward, true, G, NS, DH, order[i], elem, bf16);
         if (!set_sliced_attributes(kernel, L.total, L.parts)) continue;
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = dim3(static_cast<unsigned>(NH * L.parts), static_cast<unsigned>(tiles));
@@ -584,11 +589,12 @@ Status choose_path_uncached(const Shape& sh, Plan* plan) {
       SliceLayout fallback, preferred;
       for (int64_t P = 1; P <= DH && preferred.parts == 0; ++P) {
         if (!slice_ok(P) || NH * P * tiles > int64_t{sms} * 32) continue;
-        const SliceLayout L = slice_layout(kBackward, false, G, NS, DH, static_cast<int>(P), elem, std::is_same_v<S, bf16_t>);
+        const SliceLayout L =
+            slice_layout(kBackward, false, G, NS, DH, static_cast<int>(P), elem, bf16);
         if (L.total > optin || !set_sliced_attributes(kernel, L.total, 0)) continue;
         int per_sm = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
-                                                          static_cast<size_t>(L.total)) != cudaSuccess) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                &per_sm, kernel, kThreads, static_cast<size_t>(L.total)) != cudaSuccess) {
           cudaGetLastError();
           continue;
         }
@@ -629,7 +635,7 @@ Status choose_path(const Shape& sh, Plan* plan) {
   static std::mutex mutex;
   static std::map<std::array<int64_t, 5>, Plan> memo;
   int dev = 0;
-  cudaGetDevice(&dev);
+  if (cudaGetDevice(&dev) != cudaSuccess) return launched("rnn: no usable CUDA device");
   const std::array<int64_t, 5> key{dev, (sh.batch + kTile - 1) / kTile, sh.heads, sh.head_dim,
                                    static_cast<int64_t>(forced_cuda_path())};
   {

@@ -19,9 +19,9 @@
 // Backward (bwd_sliced), reverse time: CTA p holds the same R slice; per step it forms the partial
 // product P_p[bb][k] = sum_{c in its rows} d pre_{t+1}[bb][c] R[c][k] for all DH columns k (bf16
 // storage: on tensor cores, d pre split into two bf16 terms hi + lo so the product keeps ~16 bits
-// of d pre, fp32 accumulate; fp16 / fp32: FMA, a thread per (row, k)), then after the barrier each CTA sums the P partials of its own U
-// columns in rank order (deterministic) from its peers (DSMEM, or the global double buffer pbuf),
-// and runs the pointwise backward of its units (bwd_unit), writing d pre to `work` like
+// of d pre, fp32 accumulate; fp16 / fp32: FMA, a thread per (row, k)), then after the barrier
+// each CTA sums the P partials of its own U columns in rank order (deterministic) from its peers
+// (DSMEM, or the global double buffer pbuf), and runs the pointwise backward of its units (bwd_unit), writing d pre to `work` like
 // bwd_persistent / bwd_step so the dR / db / dWx kernels finish the job.
 #pragma once
 
@@ -229,7 +229,8 @@ fwd_sliced(FwdArgs<S, float> a, Shape sh, SliceLayout L, float* hbuf) {
         for (int64_t kk = q * kq * 16; kk < (q + 1) * kq * 16; kk += 16) {
           wmma::fragment<wmma::matrix_a, 16, 16, 16, E, wmma::row_major> fa;
           wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::col_major> fb;
-          wmma::load_matrix_sync(fa, reinterpret_cast<const E*>(hcur) + kk, static_cast<unsigned>(ldh));
+          wmma::load_matrix_sync(fa, reinterpret_cast<const E*>(hcur) + kk,
+                                 static_cast<unsigned>(ldh));
           wmma::load_matrix_sync(fb, reinterpret_cast<const E*>(sR) + ct * 16 * ldr + kk,
                                  static_cast<unsigned>(ldr));
           wmma::mma_sync(acc, fa, fb, acc);
@@ -307,8 +308,8 @@ fwd_sliced(FwdArgs<S, float> a, Shape sh, SliceLayout L, float* hbuf) {
 // Grid and groups as fwd_sliced; 256 threads. Per step t = T-1 .. -1 (t = -1: only the R^T product
 // of step 0, for the initial-state gradient): (1) the partial R^T product of the CTA's rows for all
 // DH columns (bf16: wmma, warp w owns the 16-column tiles w, w+8, ..., two MMAs (hi, lo) per
-// 16-row k step; else a thread per (row, k), G*U FMAs from shared memory); (2) barrier; (3) each CTA adds
-// the partials of its U columns from all P CTAs (rank order) to d h; (4) the pointwise backward of
+// 16-row k step; else a thread per (row, k), G*U FMAs from shared memory); (2) barrier; (3) each
+// CTA adds the partials of its U columns from all P CTAs (rank order) to d h; (4) the pointwise backward of
 // its units (bwd_unit; same thread -> unit map as (3), so no barrier between them), whose d pre
 // rows 0..G-1 feed the next (earlier) step's partial product.
 template <typename S, typename C, bool kCluster>
@@ -375,12 +376,15 @@ bwd_sliced(BwdArgs<S, float> a, Shape sh, SliceLayout L, float* pbuf) {
             wmma::fragment<wmma::matrix_b, 16, 16, 16, E, wmma::row_major> fb;
             wmma::load_matrix_sync(fb, reinterpret_cast<const E*>(sR) + c0 * ldr + kt * 16,
                                    static_cast<unsigned>(ldr));
-            wmma::load_matrix_sync(fa, reinterpret_cast<const E*>(sWh) + c0, static_cast<unsigned>(L.ldw));
+            wmma::load_matrix_sync(fa, reinterpret_cast<const E*>(sWh) + c0,
+                                   static_cast<unsigned>(L.ldw));
             wmma::mma_sync(acc, fa, fb, acc);
-            wmma::load_matrix_sync(fa, reinterpret_cast<const E*>(sWl) + c0, static_cast<unsigned>(L.ldw));
+            wmma::load_matrix_sync(fa, reinterpret_cast<const E*>(sWl) + c0,
+                                   static_cast<unsigned>(L.ldw));
             wmma::mma_sync(acc, fa, fb, acc);
           }
-          wmma::store_matrix_sync(mine + kt * 16, acc, static_cast<unsigned>(DH), wmma::mem_row_major);
+          wmma::store_matrix_sync(mine + kt * 16, acc, static_cast<unsigned>(DH),
+                                  wmma::mem_row_major);
         }
         done = true;
       }
