@@ -12,11 +12,11 @@ Each config ``cell:NH`` splits ``--hidden`` into NH heads of DH = hidden / NH. R
 
 * ``fastpaper.nn``: the nn.Module (input projection as one GEMM + the fused recurrence), fwd and
   fwd+bwd (backward of sum(output)), in --dtype.
-* ``fastpaper.rnn.flashrnn``: the op alone (Wx given), what FlashRNN's figures time; on CUDA the
-  note names the kernel family that ran forward / backward (persistent, cluster, cooperative,
-  step). ``--paths auto,cluster,cooperative,step`` repeats the op row with each family forced
-  (fastpaper._rnn.set_cuda_path, i.e. FASTPAPER_RNN_PATH); a family that cannot run the shape
-  gets a row with the reason. ``--op-only`` skips every other row.
+* ``fastpaper.rnn.flashrnn``: the op alone (Wx given), what FlashRNN's figures time.
+* ``CUDA kernel family`` (CUDA): the family forward / backward run (persistent, cluster,
+  cooperative, step); ``--paths auto,cluster,cooperative,step`` adds an op row per forced family
+  (``flashrnn op [family]``; fastpaper._rnn.set_cuda_path, i.e. FASTPAPER_RNN_PATH), or the
+  reason it cannot run the shape. ``--op-only``: only these rows.
 * ``torch.nn.LSTM / GRU`` (single-head lstm/gru configs): cuDNN on GPU (fp16 and the --dtype), the
   native CPU implementation on CPU.
 * ``plain loop``: a Python loop over t of torch ops (autograd for the backward).
@@ -43,6 +43,46 @@ from fastpaper import rnn
 
 MODULES = {"lstm": fnn.LSTM, "gru": fnn.GRU, "slstm": fnn.SLSTM, "elman": fnn.Elman}
 TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}
+
+
+def kernel_family(path, cell, dtype, B, T, NH, DH):
+    """Sets the CUDA kernel family (auto or forced) and names what forward / backward then run."""
+    nat = _native.load("rnn")
+    nat.set_cuda_path(path)
+    cid = rnn.CELLS.index(cell)
+    try:
+        fp, bp = (nat.cuda_path(str(dtype)[6:], B, T, NH, DH, cid, bw) for bw in (False, True))
+    except ValueError as e:
+        return None, "cannot run: " + str(e).split("cannot run", 1)[-1].strip(" :")
+    return fp, f"fwd {fp}, bwd {bp}"
+
+
+def family_rows(add, args, device, dtype, cell, B, T, NH, DH, config):
+    """The CUDA kernel family auto picks, and an op row per forced family in --paths."""
+    G, GB, S = rnn.cell_dims(cell)
+    Wx = torch.randn(B, T, G, NH, DH, device=device, dtype=dtype)
+    R = (torch.randn(G, NH, DH, DH, device=device) / DH ** 0.5).to(dtype)
+    b = torch.zeros(GB, NH, DH, device=device, dtype=dtype)
+    ins = [t.detach().requires_grad_() for t in (Wx, R, b)]
+
+    def fwd():
+        with torch.no_grad():
+            rnn.flashrnn(Wx, R, b, cell=cell)
+
+    def fwd_bwd():
+        rnn.flashrnn(*ins, cell=cell)[0].float().sum().backward()
+    try:
+        for path in ["auto"] + [p for p in args.paths.split(",") if p and p != "auto"]:
+            ok, note = kernel_family(path, cell, dtype, B, T, NH, DH)
+            if path == "auto":
+                add(config, "CUDA kernel family (auto)", None, None, note)
+            elif ok is None:
+                add(config, f"flashrnn op [{path}]", None, None, note)
+            else:
+                tm = [time_ms(f, device, args.warmup, args.repeats) for f in (fwd, fwd_bwd)]
+                add(config, f"flashrnn op [{path}]", tm[0], tm[1], note)
+    finally:
+        _native.load("rnn").set_cuda_path("auto")
 
 
 def plain_loop(cell, Wx, R, b):
@@ -106,13 +146,13 @@ def main(argv=None) -> int:
     ap.add_argument("--T", type=int, default=256)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--configs", default="lstm:1,gru:1")
+    ap.add_argument("--paths", default="auto",
+                    help="CUDA: op rows with each kernel family forced (cluster,cooperative,...)")
+    ap.add_argument("--op-only", action="store_true", help="CUDA: only the kernel family rows")
     ap.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (0: default)")
     ap.add_argument("--no-loop", action="store_true", help="skip the plain PyTorch loop")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--paths", default="auto",
-                    help="CUDA kernel families for the op rows: auto,persistent,cluster,cooperative,step")
-    ap.add_argument("--op-only", action="store_true", help="only the fastpaper.rnn.flashrnn rows")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -129,28 +169,11 @@ def main(argv=None) -> int:
                      "note": note})
         f = "-" if fwd is None else f"{fwd:9.2f}"
         fb = "-" if fwdbwd is None else f"{fwdbwd:9.2f}"
-        print(f"{config:>14} | {impl:<42} | {f:>9} | {fb:>9} | {note}", flush=True)
+        print(f"{config:>14} | {impl:<34} | {f:>9} | {fb:>9} | {note}", flush=True)
 
     print(f"rnn benchmark on {device_name(device)}: B={B} T={T} hidden={H} dtype={args.dtype} "
           f"threads={torch.get_num_threads()} fastpaper {fastpaper.__version__}")
-    print(f"{'config':>14} | {'implementation':<42} | {'fwd ms':>9} | {'fwd+bwd':>9} | note")
-
-    def set_path(path):
-        if device.type == "cuda":
-            _native.load("rnn").set_cuda_path(path)
-
-    def path_note(path, cell, B, T, NH, DH):
-        """Sets the CUDA family and names the ones forward / backward take (CUDA only)."""
-        if device.type != "cuda":
-            return ""
-        set_path(path)
-        cid = rnn.CELLS.index(cell)
-        try:
-            fp, bp = (_native.load("rnn").cuda_path(args.dtype, B, T, NH, DH, cid, bw)
-                      for bw in (False, True))
-        except ValueError as e:
-            return "cannot run: " + str(e).split("cannot run", 1)[-1].strip(" :")
-        return f"fwd {fp}, bwd {bp}"
+    print(f"{'config':>14} | {'implementation':<34} | {'fwd ms':>9} | {'fwd+bwd':>9} | note")
 
     def fwd_bwd(module):
         xr = x.detach().requires_grad_()
@@ -168,32 +191,25 @@ def main(argv=None) -> int:
             continue
         DH = H // NH
         config = f"{cell} {NH}x{DH}"
+        if device.type == "cuda":
+            family_rows(add, args, device, dtype, cell, B, T, NH, DH, config)
+            if args.op_only:
+                continue
+        mod = MODULES[cell](H, H, num_heads=NH).to(device=device, dtype=dtype)
+        with torch.no_grad():
+            f = tm(lambda: mod(x))
+        add(config, f"fastpaper.nn.{type(mod).__name__}", f, tm(fwd_bwd(mod)))
         G, GB, S = rnn.cell_dims(cell)
-        if not args.op_only:
-            mod = MODULES[cell](H, H, num_heads=NH).to(device=device, dtype=dtype)
-            with torch.no_grad():
-                f = tm(lambda: mod(x))
-            add(config, f"fastpaper.nn.{type(mod).__name__}", f, tm(fwd_bwd(mod)),
-                path_note("auto", cell, B, T, NH, DH))
         Wx = torch.randn(B, T, G, NH, DH, device=device, dtype=dtype)
         R = (torch.randn(G, NH, DH, DH, device=device) / DH ** 0.5).to(dtype)
         b = torch.zeros(GB, NH, DH, device=device, dtype=dtype)
+        with torch.no_grad():
+            f = tm(lambda: rnn.flashrnn(Wx, R, b, cell=cell))
         ins = [t.detach().requires_grad_() for t in (Wx, R, b)]
 
         def op_fb():
             rnn.flashrnn(*ins, cell=cell)[0].float().sum().backward()
-        for path in (args.paths.split(",") if device.type == "cuda" else ["auto"]):
-            impl = "fastpaper.rnn.flashrnn (op)" + ("" if path == "auto" else f" [{path}]")
-            note = path_note(path, cell, B, T, NH, DH)
-            if note.startswith("cannot run"):
-                add(config, impl, None, None, note)
-                continue
-            with torch.no_grad():
-                f = tm(lambda: rnn.flashrnn(Wx, R, b, cell=cell))
-            add(config, impl, f, tm(op_fb), note)
-        set_path("auto")
-        if args.op_only:
-            continue
+        add(config, "fastpaper.rnn.flashrnn (op)", f, tm(op_fb))
         if cell in TORCH and NH == 1:
             dtypes = [dtype] if device.type == "cpu" else sorted({torch.float16, dtype}, key=str)
             for dt in dtypes:
