@@ -73,51 +73,61 @@ def _path_or_error(dtype, B, T, NH, DH, cell, backward):
         return None, str(e)
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("DH", [128, 256, 768])
-@pytest.mark.parametrize("NH", [1, 2])
-def test_forced_path_matches_cpu(forced_path, path, cell, dtype, DH, NH):
+def _case(cell, dtype, DH, NH):
+    """Inputs (rounded to dtype), lengths and output cotangents of one forced-path case."""
     B, T = (18, 7) if NH == 1 else (5, 9)  # B = 18: two batch tiles, the second mostly padding
-    forced_path(path)
-    fwd_path, fwd_err = _path_or_error(dtype, B, T, NH, DH, cell, False)
-    bwd_path, bwd_err = _path_or_error(dtype, B, T, NH, DH, cell, True)
-    if _must_run(path, dtype, DH):
-        assert fwd_err is None and bwd_err is None, (fwd_err, bwd_err)
-    for p, err in ((fwd_path, fwd_err), (bwd_path, bwd_err)):
-        assert p == path if err is None else f"'{path}'" in err and "cannot run" in err
-
     Wx, R, b, st = (t.to(dtype) for t in random_inputs(cell, B, T, NH, DH, seed=DH + NH))
     lengths = torch.randint(0, T + 1, (B,), generator=torch.Generator().manual_seed(DH))
     lengths[0] = T
     gen = torch.Generator().manual_seed(1)
     gh = torch.randn(B, T, NH, DH, generator=gen)
     gl = torch.randn(DIMS[cell][2], B, NH, DH, generator=gen)
+    return (Wx, R, b, st), lengths, gh, gl
 
-    def run(device, cast, grad):
-        ins = [t.to(device=device, dtype=cast).requires_grad_(grad) for t in (Wx, R, b, st)]
-        h, last = rnn.flashrnn(*ins, cell=cell, lengths=lengths.to(device))
-        if not grad:
-            return [h.double().cpu(), last.double().cpu()]
-        loss = (h.float() * gh.to(device)).sum() + (last.float() * gl.to(device)).sum()
-        loss.backward()
-        return [h.double().cpu(), last.double().cpu()] + [i.grad.double().cpu() for i in ins]
 
-    if fwd_err is not None:
-        with pytest.raises(ValueError, match="cannot run"):
-            run("cuda", dtype, False)
-        return
-    grad = bwd_err is None
-    if not grad:  # the forward runs; the backward refuses
-        with pytest.raises(ValueError, match="cannot run"):
-            run("cuda", dtype, True)
-    got = run("cuda", dtype, grad)
-    want = run("cpu", torch.float64, grad)
-    for name, g, w in zip(("h", "last", "dWx", "dR", "db", "dstates"), got, want):
-        scale = max(1.0, w.abs().max().item())
-        torch.testing.assert_close(g, w, atol=TOL[dtype] * scale, rtol=TOL[dtype], msg=name)
+def _run(case, cell, device, cast, grad):
+    (Wx, R, b, st), lengths, gh, gl = case
+    ins = [t.to(device=device, dtype=cast).requires_grad_(grad) for t in (Wx, R, b, st)]
+    h, last = rnn.flashrnn(*ins, cell=cell, lengths=lengths.to(device))
+    if not grad:
+        return [h.double().cpu(), last.double().cpu()]
+    loss = (h.float() * gh.to(device)).sum() + (last.float() * gl.to(device)).sum()
+    loss.backward()
+    return [h.double().cpu(), last.double().cpu()] + [i.grad.double().cpu() for i in ins]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("DH", [128, 256, 768])
+@pytest.mark.parametrize("NH", [1, 2])
+def test_forced_paths_match_cpu(forced_path, cell, dtype, DH, NH):
+    B, T = (18, 7) if NH == 1 else (5, 9)
+    case = _case(cell, dtype, DH, NH)
+    want = {True: None, False: None}  # the CPU op in float64, with and without the backward
+    for path in PATHS:
+        forced_path(path)
+        fwd_path, fwd_err = _path_or_error(dtype, B, T, NH, DH, cell, False)
+        bwd_path, bwd_err = _path_or_error(dtype, B, T, NH, DH, cell, True)
+        if _must_run(path, dtype, DH):
+            assert fwd_err is None and bwd_err is None, (path, fwd_err, bwd_err)
+        for p, err in ((fwd_path, fwd_err), (bwd_path, bwd_err)):
+            assert p == path if err is None else f"'{path}'" in err and "cannot run" in err
+        if fwd_err is not None:
+            with pytest.raises(ValueError, match="cannot run"):
+                _run(case, cell, "cuda", dtype, False)
+            continue
+        grad = bwd_err is None
+        if not grad:  # the forward runs; the backward refuses
+            with pytest.raises(ValueError, match="cannot run"):
+                _run(case, cell, "cuda", dtype, True)
+        got = _run(case, cell, "cuda", dtype, grad)
+        if want[grad] is None:
+            want[grad] = _run(case, cell, "cpu", torch.float64, grad)
+        for name, g, w in zip(("h", "last", "dWx", "dR", "db", "dstates"), got, want[grad]):
+            scale = max(1.0, w.abs().max().item())
+            torch.testing.assert_close(g, w, atol=TOL[dtype] * scale, rtol=TOL[dtype],
+                                       msg=f"{path}: {name}")
 
 
 @pytest.mark.cuda
