@@ -13,6 +13,10 @@ Each config ``cell:NH`` splits ``--hidden`` into NH heads of DH = hidden / NH. R
 * ``fastpaper.nn``: the nn.Module (input projection as one GEMM + the fused recurrence), fwd and
   fwd+bwd (backward of sum(output)), in --dtype.
 * ``fastpaper.rnn.flashrnn``: the op alone (Wx given), what FlashRNN's figures time.
+* ``CUDA kernel family`` (CUDA): the family forward / backward run (persistent, cluster,
+  cooperative, step); ``--paths auto,cluster,cooperative,step`` adds an op row per forced family
+  (``flashrnn op [family]``; fastpaper._rnn.set_cuda_path, i.e. FASTPAPER_RNN_PATH), or the
+  reason it cannot run the shape. ``--op-only``: only these rows.
 * ``torch.nn.LSTM / GRU`` (single-head lstm/gru configs): cuDNN on GPU (fp16 and the --dtype), the
   native CPU implementation on CPU.
 * ``plain loop``: a Python loop over t of torch ops (autograd for the backward).
@@ -33,11 +37,52 @@ import torch
 from bench_common import device_name, time_ms
 
 import fastpaper
+from fastpaper import _native
 from fastpaper import nn as fnn
 from fastpaper import rnn
 
 MODULES = {"lstm": fnn.LSTM, "gru": fnn.GRU, "slstm": fnn.SLSTM, "elman": fnn.Elman}
 TORCH = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}
+
+
+def kernel_family(path, cell, dtype, B, T, NH, DH):
+    """Sets the CUDA kernel family (auto or forced) and names what forward / backward then run."""
+    nat = _native.load("rnn")
+    nat.set_cuda_path(path)
+    cid = rnn.CELLS.index(cell)
+    try:
+        fp, bp = (nat.cuda_path(str(dtype)[6:], B, T, NH, DH, cid, bw) for bw in (False, True))
+    except ValueError as e:
+        return None, "cannot run: " + str(e).split("cannot run", 1)[-1].strip(" :")
+    return fp, f"fwd {fp}, bwd {bp}"
+
+
+def family_rows(add, args, device, dtype, cell, B, T, NH, DH, config):
+    """The CUDA kernel family auto picks, and an op row per forced family in --paths."""
+    G, GB, S = rnn.cell_dims(cell)
+    Wx = torch.randn(B, T, G, NH, DH, device=device, dtype=dtype)
+    R = (torch.randn(G, NH, DH, DH, device=device) / DH ** 0.5).to(dtype)
+    b = torch.zeros(GB, NH, DH, device=device, dtype=dtype)
+    ins = [t.detach().requires_grad_() for t in (Wx, R, b)]
+
+    def fwd():
+        with torch.no_grad():
+            rnn.flashrnn(Wx, R, b, cell=cell)
+
+    def fwd_bwd():
+        rnn.flashrnn(*ins, cell=cell)[0].float().sum().backward()
+    try:
+        for path in ["auto"] + [p for p in args.paths.split(",") if p and p != "auto"]:
+            ok, note = kernel_family(path, cell, dtype, B, T, NH, DH)
+            if path == "auto":
+                add(config, "CUDA kernel family (auto)", None, None, note)
+            elif ok is None:
+                add(config, f"flashrnn op [{path}]", None, None, note)
+            else:
+                tm = [time_ms(f, device, args.warmup, args.repeats) for f in (fwd, fwd_bwd)]
+                add(config, f"flashrnn op [{path}]", tm[0], tm[1], note)
+    finally:
+        _native.load("rnn").set_cuda_path("auto")
 
 
 def plain_loop(cell, Wx, R, b):
@@ -101,6 +146,9 @@ def main(argv=None) -> int:
     ap.add_argument("--T", type=int, default=256)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--configs", default="lstm:1,gru:1")
+    ap.add_argument("--paths", default="auto",
+                    help="CUDA: op rows with each kernel family forced (cluster,cooperative,...)")
+    ap.add_argument("--op-only", action="store_true", help="CUDA: only the kernel family rows")
     ap.add_argument("--threads", type=int, default=0, help="torch/OpenMP threads (0: default)")
     ap.add_argument("--no-loop", action="store_true", help="skip the plain PyTorch loop")
     ap.add_argument("--warmup", type=int, default=2)
@@ -143,6 +191,10 @@ def main(argv=None) -> int:
             continue
         DH = H // NH
         config = f"{cell} {NH}x{DH}"
+        if device.type == "cuda":
+            family_rows(add, args, device, dtype, cell, B, T, NH, DH, config)
+            if args.op_only:
+                continue
         mod = MODULES[cell](H, H, num_heads=NH).to(device=device, dtype=dtype)
         with torch.no_grad():
             f = tm(lambda: mod(x))

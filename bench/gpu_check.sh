@@ -37,6 +37,13 @@ step "pytest -m cuda"
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "benchmarks"
+# rnn kernel families for large heads (issue 3), each forced, op rows only (the first row names
+# the family auto picks): LSTM 1x768 (R_n 4.7 MB: cooperative; no cluster holds it) and 3x256
+# (cluster), B=16, T=1024, bf16
+timeout 180 "$python" bench/bench_rnn.py --device cuda --dtype bfloat16 --B 16 --T 1024 \
+  --hidden 768 --configs lstm:1,lstm:3 --op-only --paths auto,cluster,cooperative,step \
+  --warmup 1 --repeats 3 --json "$out/bench_rnn_paths.json" 2>&1 | tee -a "$out/bench.log" \
+  || status=1
 for fmt in BFP12 BFP16 MXINT8; do
   timeout 120 "$python" bench/bench_bfp.py --device cuda --format "$fmt" \
     --json "$out/bench_bfp_${fmt}.json" 2>&1 | tee -a "$out/bench.log" || status=1

@@ -4,6 +4,8 @@
 
 #include <string>
 
+#include <nanobind/stl/string.h>
+
 #include "bindings/common.h"
 
 namespace nb = nanobind;
@@ -137,6 +139,31 @@ void backward(nb::object dh_all, nb::object dlast, Array R, Array hist, Array ca
   bindings::raise_if_failed(st);
 }
 
+// The CUDA kernel family forward / backward would run (rnn.h: cuda_path); dtype by name.
+std::string cuda_path(const std::string& dtype, int64_t batch, int64_t time, int64_t heads,
+                      int64_t head_dim, int32_t cell, bool backward) {
+  DType dt;
+  if (dtype == "float32") {
+    dt = DType::float32;
+  } else if (dtype == "float16") {
+    dt = DType::float16;
+  } else if (dtype == "bfloat16") {
+    dt = DType::bfloat16;
+  } else {
+    throw nb::value_error("dtype must be 'float32', 'float16' or 'bfloat16'");
+  }
+  const char* name = nullptr;
+  bindings::raise_if_failed(rnn::cuda_path(dt, shape_of(batch, time, heads, head_dim, cell),
+                                           backward, &name));
+  return name;
+}
+
+void set_cuda_path(const std::string& name) {
+  if (rnn::set_cuda_path(name.c_str()) != Status::ok) {
+    throw nb::value_error("path must be 'auto', 'persistent', 'cluster', 'cooperative' or 'step'");
+  }
+}
+
 }  // namespace
 
 NB_MODULE(_rnn, m) {
@@ -152,4 +179,12 @@ NB_MODULE(_rnn, m) {
         nb::arg("db").noconvert(), nb::arg("dstates0").none(), nb::arg("work").noconvert(),
         nb::arg("batch"), nb::arg("time"), nb::arg("heads"), nb::arg("head_dim"),
         nb::arg("cell"), nb::arg("stream") = 0);
+  m.def("set_cuda_path", &set_cuda_path, nb::arg("name"),
+        "Force the CUDA kernel family: 'auto', 'persistent', 'cluster', 'cooperative' or 'step'.");
+  m.def("get_cuda_path", [] { return std::string(rnn::get_cuda_path()); },
+        "The current setting (FASTPAPER_RNN_PATH at first use, then set_cuda_path).");
+  m.def("cuda_path", &cuda_path, nb::arg("dtype"), nb::arg("batch"), nb::arg("time"),
+        nb::arg("heads"), nb::arg("head_dim"), nb::arg("cell"), nb::arg("backward") = false,
+        "The CUDA kernel family a call would run on the current device (raises when forced and "
+        "impossible).");
 }

@@ -2,6 +2,9 @@
 // dispatch to the CPU or CUDA kernels.
 #include "fastpaper/rnn.h"
 
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "core/error.h"
@@ -154,9 +157,66 @@ Status backward(const double* dh_all, const double* dlast, const double* R, cons
   return run_backward(a, s, device, stream);
 }
 
+// ---- CUDA path selection -----------------------------------------------------------------------
+namespace {
+// -1: not read yet; else a CudaPath. FASTPAPER_RNN_PATH is read once, at the first use.
+std::atomic<int32_t> g_cuda_path{-1};
+
+bool parse_path(const char* name, CudaPath* out) {
+  static const char* const names[] = {"auto", "persistent", "cluster", "cooperative", "step"};
+  for (int32_t i = 0; i < 5; ++i) {
+    if (std::strcmp(name, names[i]) == 0) {
+      *out = static_cast<CudaPath>(i);
+      return true;
+    }
+  }
+  return false;
+}
+}  // namespace
+
+CudaPath forced_cuda_path() {
+  int32_t v = g_cuda_path.load(std::memory_order_relaxed);
+  if (v < 0) {
+    CudaPath p = CudaPath::automatic;
+    const char* env = std::getenv("FASTPAPER_RNN_PATH");
+    if (env != nullptr && *env != '\0' && !parse_path(env, &p)) p = CudaPath::automatic;
+    int32_t expected = -1;
+    g_cuda_path.compare_exchange_strong(expected, static_cast<int32_t>(p));
+    v = g_cuda_path.load(std::memory_order_relaxed);
+  }
+  return static_cast<CudaPath>(v);
+}
+
+Status set_cuda_path(const char* name) {
+  CudaPath p = CudaPath::automatic;
+  if (name == nullptr || !parse_path(name, &p)) {
+    return fail(Status::invalid_argument,
+                "rnn path must be 'auto', 'persistent', 'cluster', 'cooperative' or 'step'");
+  }
+  g_cuda_path.store(static_cast<int32_t>(p), std::memory_order_relaxed);
+  return Status::ok;
+}
+
+const char* get_cuda_path() {
+  static const char* const names[] = {"auto", "persistent", "cluster", "cooperative", "step"};
+  return names[static_cast<int32_t>(forced_cuda_path())];
+}
+
+Status cuda_path(DType dtype, const Shape& s, bool backward, const char** name) {
+  if (name == nullptr) return fail(Status::invalid_argument, "rnn::cuda_path: name is null");
+  if (Status st = check_shape(s, Device::cuda); st != Status::ok) return st;
+  if (empty(s)) {
+    return fail(Status::invalid_argument, "rnn::cuda_path: empty shape (no kernel runs)");
+  }
+  return cuda::describe_path(dtype, s, backward, name);
+}
+
 #if !FASTPAPER_HAS_CUDA
 // CPU-only build: the CUDA entry points exist so the dispatcher links; check_shape already refused.
 namespace cuda {
+Status describe_path(DType, const Shape&, bool, const char**) {
+  return Status::not_built_with_cuda;
+}
 template <typename S, typename T>
 Status forward(const FwdArgs<S, T>&, const Shape&, void*) {
   return Status::not_built_with_cuda;

@@ -45,7 +45,15 @@ template <typename S, typename T>
 void backward(const BwdArgs<S, T>& a, const Shape& s);
 }  // namespace cpu
 
+// The CUDA kernel family a call must use (automatic: cuda/rnn/rnn_cuda.cu, choose_path, decides).
+// rnn.cpp keeps it: FASTPAPER_RNN_PATH, read once at the first call, then set_cuda_path.
+enum class CudaPath : int32_t { automatic = 0, persistent, cluster, cooperative, step };
+CudaPath forced_cuda_path();
+
 namespace cuda {
+// The family forward (backward = false) or backward would run for this call on the current
+// device: a static name ("persistent", "cluster", "cooperative", "step").
+Status describe_path(DType dtype, const Shape& s, bool backward, const char** name);
 template <typename S, typename T>
 Status forward(const FwdArgs<S, T>& a, const Shape& s, void* stream);
 template <typename S, typename T>

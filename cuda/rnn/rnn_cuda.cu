@@ -1,7 +1,8 @@
 // CUDA kernels of the multi-head recurrent cells (fastpaper/rnn.h), forward and backward. The
 // pointwise math is fastpaper/detail/rnn_cells.h, shared with (and tested through) the CPU path.
 //
-// Forward, two paths:
+// Forward and backward each run one of four kernel families; choose_path (below) picks the first
+// that fits the call, or the one FASTPAPER_RNN_PATH / set_cuda_path forces:
 // * fwd_persistent (R of a head fits in shared memory; 16-bit storage needs DH % 16 == 0): one CTA
 //   of 256 threads per (head, tile of 16 batch rows) walks the whole sequence; no grid-wide
 //   barrier, only __syncthreads. R_n ([G*DH][DH], storage type) and the tile's states (fp32) stay
@@ -10,12 +11,17 @@
 //   fp32 by FMA (thread per output); (2) the pointwise cell for the tile's 16 x DH units (thread
 //   per unit), which also writes h in the storage type for the next step's MMA (so on the GPU the
 //   recurrent product sees h rounded to bf16/fp16; the carried states stay fp32).
+// * fwd_sliced / bwd_sliced (rnn_sliced.cuh; R_n too large for one CTA): the head's units split
+//   over P CTAs, each holding its G*DH/P rows of R_n in shared memory, coupled either as a Hopper
+//   thread-block cluster (h exchanged through distributed shared memory, cluster.sync per step) or
+//   as a cooperative grid (h through a global double buffer, grid.sync per step).
 // * fwd_step (any DH; the fallback): one launch per time step, a thread per (b, n, j) computing
 //   its G dot products over k from global memory (L2-resident R) and the cell.
-// Backward, reverse time, two paths like the forward: bwd_persistent (R_n fits in shared memory:
-// a CTA per (head, batch tile) for all steps) and bwd_step (one launch per step, a thread per
-// (b, n, k)). Both: dh_t gets sum_{g,j} dpre_{t+1}[g, j] R[g, n, j, k] (the R^T product), then the
-// pointwise backward writes dpre_t (the work buffer) and the state gradients. Afterwards dR = per head dpre^T h_prev over
+// Backward, reverse time, the same families: bwd_persistent (a CTA per (head, batch tile) for all
+// steps), bwd_sliced (cluster / cooperative) and bwd_step (one launch per step, a thread per
+// (b, n, k)). All: dh_t gets sum_{g,j} dpre_{t+1}[g, j] R[g, n, j, k] (the R^T product), then
+// the pointwise backward writes dpre_t (the work buffer) and the state gradients. Afterwards
+// dR = per head dpre^T h_prev over
 // all B*T rows (tiled shared-memory GEMM, fixed summation order), db by a per-(gate, unit)
 // sequential sum and dWx by a gather: deterministic, no atomics.
 // State buffers the API does not provide (no hist; backward's dS) are stream-ordered
@@ -25,28 +31,24 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <array>
+#include <map>
+#include <mutex>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "core/cuda_launch.h"
 #include "core/error.h"
 #include "rnn/rnn_backends.h"
+#include "rnn_cuda_common.cuh"
+#include "rnn_sliced.cuh"
 
 namespace fastpaper::rnn::cuda {
 namespace {
 
-using namespace fastpaper::rnn::detail;
 using fastpaper::detail::fail;
 using fastpaper::detail::launched;
-
-constexpr int kThreads = 256;
-constexpr int kTile = 16;  // batch rows per persistent CTA (the MMA's M)
-
-template <typename S> struct Wmma;
-template <> struct Wmma<half_t> { using type = __half; };
-template <> struct Wmma<bf16_t> { using type = __nv_bfloat16; };
-
-__host__ __device__ inline int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
 template <typename S, int NS>
 struct PersistentLayout {
@@ -64,7 +66,7 @@ struct PersistentLayout {
 template <typename S, typename C>
 __global__ void __launch_bounds__(kThreads)
 fwd_persistent(FwdArgs<S, float> a, Shape sh) {
-  constexpr int G = C::G, GB = C::GB, NS = C::S;
+  constexpr int G = C::G, NS = C::S;
   const int64_t DH = sh.head_dim, NH = sh.heads, B = sh.batch, Tn = sh.time;
   const int64_t N = NH * DH, BN = B * N, GD = G * DH;
   const int64_t n = blockIdx.x, b0 = static_cast<int64_t>(blockIdx.y) * kTile;
@@ -124,33 +126,11 @@ fwd_persistent(FwdArgs<S, float> a, Shape sh) {
     for (int64_t i = tid; i < kTile * DH; i += kThreads) {
       const int64_t bb = i / DH, j = i % DH, b = b0 + bb;
       if (b >= B) continue;
-      const bool active = a.lengths == nullptr || t < a.lengths[b];
-      const int64_t unit = b * N + n * DH + j;
-      float prev[NS], next[NS], pre[GB];
+      float rec[G], prev[NS], next[NS];
+      for (int g = 0; g < G; ++g) rec[g] = sRec[bb * GD + g * DH + j];
       for (int s = 0; s < NS; ++s) prev[s] = sSt[(s * kTile + bb) * DH + j];
-      if (active) {
-        float wx[G], r[G], bias[GB];
-        const S* wxp = a.Wx + ((b * Tn + t) * G * NH + n) * DH + j;
-        for (int g = 0; g < G; ++g) {
-          wx[g] = Io<S>::load(wxp[g * N]);
-          r[g] = sRec[bb * GD + g * DH + j];
-        }
-        for (int g = 0; g < GB; ++g) bias[g] = Io<S>::load(a.b[g * N + n * DH + j]);
-        C::preact(wx, r, bias, pre);
-        C::forward(pre, prev, next);
-      } else {
-        for (int s = 0; s < NS; ++s) next[s] = prev[s];
-        for (int g = 0; g < GB; ++g) pre[g] = 0.f;
-      }
-      for (int s = 0; s < NS; ++s) {
-        sSt[(s * kTile + bb) * DH + j] = next[s];
-        if (a.hist) a.hist[(s * (Tn + 1) + t + 1) * BN + unit] = next[s];
-      }
-      if (a.cache) {
-        float* cp = a.cache + ((t * B + b) * NH + n) * GB * DH + j;
-        for (int g = 0; g < GB; ++g) cp[g * DH] = pre[g];
-      }
-      a.h_all[(b * Tn + t) * N + n * DH + j] = Io<S>::store(active ? next[0] : 0.f);
+      fwd_unit<S, C>(a, sh, t, b, n, j, rec, prev, next);
+      for (int s = 0; s < NS; ++s) sSt[(s * kTile + bb) * DH + j] = next[s];
       sH[i] = Io<S>::store(next[0]);
     }
   }
@@ -278,7 +258,7 @@ __global__ void __launch_bounds__(kThreads)
 bwd_persistent(BwdArgs<S, float> a, Shape sh) {
   constexpr int G = C::G, GB = C::GB, NS = C::S;
   const int64_t DH = sh.head_dim, NH = sh.heads, B = sh.batch, Tn = sh.time;
-  const int64_t N = NH * DH, BN = B * N, GD = G * DH, GBD = GB * DH;
+  const int64_t N = NH * DH, BN = B * N, GD = G * DH;
   const int64_t n = blockIdx.x, b0 = static_cast<int64_t>(blockIdx.y) * kTile;
   extern __shared__ __align__(128) unsigned char smem[];
   const BwdLayout<S, NS> L(G, DH);
@@ -314,25 +294,10 @@ bwd_persistent(BwdArgs<S, float> a, Shape sh) {
     for (int64_t i = tid; i < kTile * DH; i += kThreads) {
       const int64_t bb = i / DH, k = i % DH, b = b0 + bb;
       if (b >= B) continue;
-      const int64_t unit = b * N + n * DH + k;
-      float* wt = a.work + ((t * B + b) * NH + n) * GBD + k;
-      const bool active = a.lengths == nullptr || t < a.lengths[b];
-      if (!active) {
-        for (int g = 0; g < GB; ++g) wt[g * DH] = 0.f;
-        for (int g = 0; g < G; ++g) sW[bb * GD + g * DH + k] = 0.f;
-        continue;
-      }
-      float pre[GB], prev[NS], dnext[NS], dprev[NS], dpre[GB];
-      const float* cp = a.cache + ((t * B + b) * NH + n) * GBD + k;
-      for (int g = 0; g < GB; ++g) pre[g] = cp[g * DH];
-      for (int s = 0; s < NS; ++s) {
-        prev[s] = a.hist[(s * (Tn + 1) + t) * BN + unit];
-        dnext[s] = sD[(s * kTile + bb) * DH + k];
-      }
-      if (a.dh_all) dnext[0] += Io<S>::load(a.dh_all[(b * Tn + t) * N + n * DH + k]);
-      C::backward(pre, prev, dnext, dprev, dpre);
-      for (int s = 0; s < NS; ++s) sD[(s * kTile + bb) * DH + k] = dprev[s];
-      for (int g = 0; g < GB; ++g) wt[g * DH] = dpre[g];
+      float d[NS], dpre[GB];
+      for (int s = 0; s < NS; ++s) d[s] = sD[(s * kTile + bb) * DH + k];
+      bwd_unit<S, C>(a, sh, t, b, n, k, d, dpre);
+      for (int s = 0; s < NS; ++s) sD[(s * kTile + bb) * DH + k] = d[s];
       for (int g = 0; g < G; ++g) sW[bb * GD + g * DH + k] = dpre[g];
     }
   }
@@ -409,27 +374,312 @@ Status device_alloc(float** p, int64_t elems, cudaStream_t st) {
   return Status::ok;
 }
 
+// ---- the choice among the kernel families ---------------------------------------------------------
+enum class Path { persistent, cluster, cooperative, step };
+const char* path_name(Path p) {
+  switch (p) {
+    case Path::persistent: return "persistent";
+    case Path::cluster: return "cluster";
+    case Path::cooperative: return "cooperative";
+    case Path::step: return "step";
+  }
+  return "?";
+}
+
+struct Plan {
+  Path path = Path::step;
+  SliceLayout slice;  // cluster / cooperative: slices and shared-memory layout
+  int64_t smem = 0;   // dynamic shared memory of the chosen kernel (persistent / sliced)
+};
+
+template <typename S, typename C, bool kBackward, bool kCluster>
+constexpr auto sliced_kernel() {
+  if constexpr (kBackward) {
+    return bwd_sliced<S, C, kCluster>;
+  } else {
+    return fwd_sliced<S, C, kCluster>;
+  }
+}
+
+// Sets the kernel's shared-memory (and, above 8 CTAs, non-portable cluster size) attributes.
+template <typename K>
+bool set_sliced_attributes(K kernel, int64_t smem, int cluster) {
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(smem)) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (cluster > 8 && cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed,
+                                          1) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+template <typename S, typename C, bool kBackward, bool kCluster, typename Args>
+Status launch_sliced(const Args& a, const Shape& sh, const SliceLayout& L, float* buf,
+                     cudaStream_t st) {
+  const auto kernel = sliced_kernel<S, C, kBackward, kCluster>();
+  const char* what = kBackward ? (kCluster ? "rnn::backward (cluster)" : "rnn::backward (cooperative)")
+                               : (kCluster ? "rnn::forward (cluster)" : "rnn::forward (cooperative)");
+  // (again: choose_path's search may have left another candidate's size set)
+  if (!set_sliced_attributes(kernel, L.total, kCluster ? L.parts : 0)) {
+    return fail(Status::cuda_error, std::string(what) + ": cannot set the shared-memory attribute");
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(sh.heads * L.parts),
+                     static_cast<unsigned>((sh.batch + kTile - 1) / kTile));
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = static_cast<size_t>(L.total);
+  cfg.stream = st;
+  cudaLaunchAttribute attr = {};
+  if constexpr (kCluster) {
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = static_cast<unsigned>(L.parts);
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+  } else {
+    attr.id = cudaLaunchAttributeCooperative;
+    attr.val.cooperative = 1;
+  }
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, a, sh, L, buf);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return fail(Status::cuda_error, std::string(what) + ": " + cudaGetErrorString(err));
+  }
+  return launched(what);
+}
+
+// The one place (with its memo, choose_path below) that decides which kernel family runs a
+// forward (kBackward = false) or backward call on the current device, and with which slices. In
+// order, the first that fits:
+//  1. persistent: R_n, the 16-row tile's h / products / states fit one CTA's opt-in shared memory
+//     (227 KB on H100/H200: bf16 LSTM up to DH = 128 forward, fp32 up to DH = 64); one CTA per
+//     (head, batch tile), no inter-CTA synchronisation.
+//  2. cluster (sm_90+): a thread-block cluster of P in {2, 4, 8, 16} CTAs per (head, tile), each
+//     with G*DH/P rows of R_n (slice_layout). Among the P whose slice fits, prefer the fewest CTAs
+//     with at most 128 R rows each (one 16-column MMA tile per warp), then the others smallest
+//     first; P = 16 needs the non-portable cluster attribute; a P the device cannot schedule
+//     (cudaOccupancyMaxActiveClusters == 0) is skipped, so 16 falls back to 8 and so on.
+//  3. cooperative: the same slicing with P any divisor of DH, all NH * P * tiles CTAs co-resident
+//     (cudaOccupancyMaxActiveBlocksPerMultiprocessor x SMs) for grid.sync(): same preference.
+//  4. step: one launch per time step (any shape).
+// 16-bit forward slices need G*DH/P and DH to be multiples of 16 (wmma tiles). FASTPAPER_RNN_PATH
+// (or set_cuda_path) forces one family: when it cannot run the call, the call fails with
+// invalid_argument and the reason instead of silently taking another path.
+template <typename S, typename C, bool kBackward>
+Status choose_path_uncached(const Shape& sh, Plan* plan) {
+  constexpr int G = C::G, NS = C::S;
+  constexpr bool f32 = std::is_same_v<S, float>;
+  const int64_t B = sh.batch, NH = sh.heads, DH = sh.head_dim;
+  const int64_t tiles = (B + kTile - 1) / kTile;
+  const CudaPath forced = forced_cuda_path();
+  const char* forced_name = forced == CudaPath::persistent ? "persistent"
+                            : forced == CudaPath::cluster  ? "cluster"
+                            : forced == CudaPath::cooperative ? "cooperative"
+                                                             : "step";
+  auto refuse = [&](const std::string& why) {
+    return fail(Status::invalid_argument, std::string("rnn: the forced CUDA path '") + forced_name +
+                                              "' (FASTPAPER_RNN_PATH / set_cuda_path) cannot run " +
+                                              (kBackward ? "this backward: " : "this forward: ") + why);
+  };
+  auto allowed = [&](CudaPath p) { return forced == CudaPath::automatic || forced == p; };
+  int dev = 0, optin = 0, major = 0, sms = 0, coop = 0, cluster_ok = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
+  cudaDeviceGetAttribute(&cluster_ok, cudaDevAttrClusterLaunch, dev);
+  cudaGetLastError();
+  if (tiles >= 65536) {  // grid.y of every family but step
+    if (allowed(CudaPath::step)) {
+      plan->path = Path::step;
+      return Status::ok;
+    }
+    return refuse("more than 65535 tiles of 16 batch rows");
+  }
+  // 1. persistent
+  if (allowed(CudaPath::persistent)) {
+    int64_t total = 0;
+    bool shape_ok = true;
+    if constexpr (kBackward) {
+      total = BwdLayout<S, NS>(G, DH).total();
+    } else {
+      total = PersistentLayout<S, NS>(G, DH).total();
+      shape_ok = f32 || DH % 16 == 0;
+    }
+    if (shape_ok && total <= optin) {
+      plan->path = Path::persistent;
+      plan->smem = total;
+      return Status::ok;
+    }
+    if (forced == CudaPath::persistent) {
+      return refuse(shape_ok ? "R_n and the tile need " + std::to_string(total) +
+                                   " bytes of shared memory, the device allows " +
+                                   std::to_string(optin)
+                             : std::string("16-bit storage needs head_dim % 16 == 0"));
+    }
+  }
+  const int64_t elem = sizeof(S);
+  constexpr bool bf16 = std::is_same_v<S, bf16_t>;
+  auto slice_ok = [&](int64_t P) {
+    if (P < 1 || DH % P != 0) return false;
+    if (!f32 && !kBackward && ((G * (DH / P)) % 16 != 0 || DH % 16 != 0)) return false;
+    return true;
+  };
+  // 2. cluster
+  if (allowed(CudaPath::cluster)) {
+    if (major >= 9 && cluster_ok) {
+      // the fitting sizes: the first with <= 128 rows per CTA first, then the others ascending
+      int order[4], count = 0;
+      for (int P = 2; P <= 16; P *= 2) {
+        if (!slice_ok(P) || slice_layout(kBackward, true, G, NS, DH, P, elem, bf16).total > optin) {
+          continue;
+        }
+        order[count++] = P;
+        for (int i = count - 1;
+             i > 0 && G * (DH / order[i]) <= 128 && G * (DH / order[i - 1]) > 128; --i) {
+          std::swap(order[i], order[i - 1]);
+        }
+      }
+      const auto kernel = sliced_kernel<S, C, kBackward, true>();
+      for (int i = 0; i < count; ++i) {
+        const SliceLayout L = slice_layout(kBackward, true, G, NS, DH, order[i], elem, bf16);
+        if (!set_sliced_attributes(kernel, L.total, L.parts)) continue;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(static_cast<unsigned>(NH * L.parts), static_cast<unsigned>(tiles));
+        cfg.blockDim = dim3(kThreads);
+        cfg.dynamicSmemBytes = static_cast<size_t>(L.total);
+        cudaLaunchAttribute attr = {};
+        attr.id = cudaLaunchAttributeClusterDimension;
+        attr.val.clusterDim.x = static_cast<unsigned>(L.parts);
+        attr.val.clusterDim.y = 1;
+        attr.val.clusterDim.z = 1;
+        cfg.attrs = &attr;
+        cfg.numAttrs = 1;
+        int clusters = 0;
+        if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+          cudaGetLastError();
+          continue;
+        }
+        if (clusters >= 1) {
+          plan->path = Path::cluster;
+          plan->slice = L;
+          plan->smem = L.total;
+          return Status::ok;
+        }
+      }
+      if (forced == CudaPath::cluster) {
+        return refuse("no cluster of 2, 4, 8 or 16 CTAs holds a slice of R_n (" +
+                      std::to_string(G * DH * DH * elem) + " bytes) in " + std::to_string(optin) +
+                      " bytes of shared memory per CTA");
+      }
+    } else if (forced == CudaPath::cluster) {
+      return refuse("thread-block clusters need compute capability 9.0 or newer");
+    }
+  }
+  // 3. cooperative
+  if (allowed(CudaPath::cooperative)) {
+    if (coop) {
+      const auto kernel = sliced_kernel<S, C, kBackward, false>();
+      SliceLayout fallback, preferred;
+      for (int64_t P = 1; P <= DH && preferred.parts == 0; ++P) {
+        if (!slice_ok(P) || NH * P * tiles > int64_t{sms} * 32) continue;
+        const SliceLayout L =
+            slice_layout(kBackward, false, G, NS, DH, static_cast<int>(P), elem, bf16);
+        if (L.total > optin || !set_sliced_attributes(kernel, L.total, 0)) continue;
+        int per_sm = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                &per_sm, kernel, kThreads, static_cast<size_t>(L.total)) != cudaSuccess) {
+          cudaGetLastError();
+          continue;
+        }
+        if (NH * P * tiles > int64_t{per_sm} * sms) continue;  // not co-resident
+        if (fallback.parts == 0) fallback = L;
+        if (G * L.units <= 128) preferred = L;
+      }
+      const SliceLayout L = preferred.parts ? preferred : fallback;
+      if (L.parts) {
+        plan->path = Path::cooperative;
+        plan->slice = L;
+        plan->smem = L.total;
+        return Status::ok;
+      }
+      if (forced == CudaPath::cooperative) {
+        return refuse("no slicing of head_dim " + std::to_string(DH) + " puts R_n's slices in " +
+                      std::to_string(optin) + " bytes of shared memory with all " +
+                      std::to_string(NH) + " x " + std::to_string(tiles) +
+                      " (head, tile) groups co-resident on " + std::to_string(sms) + " SMs");
+      }
+    } else if (forced == CudaPath::cooperative) {
+      return refuse("the device does not support cooperative launches");
+    }
+  }
+  // 4. step
+  if (allowed(CudaPath::step)) {
+    plan->path = Path::step;
+    return Status::ok;
+  }
+  return refuse("no kernel fits");
+}
+
+// choose_path with a per-process memo: the occupancy queries cost tens of microseconds per call,
+// and the answer only depends on the device, the shape (batch tiles, heads, head_dim) and the
+// setting. Refusals are not memoized (they record their message).
+template <typename S, typename C, bool kBackward>
+Status choose_path(const Shape& sh, Plan* plan) {
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 5>, Plan> memo;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return launched("rnn: no usable CUDA device");
+  const std::array<int64_t, 5> key{dev, (sh.batch + kTile - 1) / kTile, sh.heads, sh.head_dim,
+                                   static_cast<int64_t>(forced_cuda_path())};
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (const auto it = memo.find(key); it != memo.end()) {
+      *plan = it->second;
+      return Status::ok;
+    }
+  }
+  const Status st = choose_path_uncached<S, C, kBackward>(sh, plan);
+  if (st == Status::ok) {
+    std::lock_guard<std::mutex> lock(mutex);
+    memo.emplace(key, *plan);
+  }
+  return st;
+}
+
 template <typename S, template <class> class CellT>
 Status forward_cell(const FwdArgs<S, float>& a, const Shape& sh, cudaStream_t st) {
   using C = CellT<float>;
-  constexpr int G = C::G, NS = C::S;
+  constexpr int NS = C::S;
   const int64_t B = sh.batch, Tn = sh.time, NH = sh.heads, DH = sh.head_dim;
   const int64_t BN = B * NH * DH;
-  // persistent path when R_n + the tile fit in shared memory
-  int dev = 0, optin = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  const PersistentLayout<S, NS> L(G, DH);
-  const bool mma_ok = std::is_same_v<S, float> || DH % 16 == 0;
   const int64_t tiles = (B + kTile - 1) / kTile;
-  if (mma_ok && L.total() <= optin && tiles < 65536 && NH < (int64_t{1} << 31)) {
+  Plan plan;
+  if (Status s = choose_path<S, C, false>(sh, &plan); s != Status::ok) return s;
+  if (plan.path == Path::persistent) {
     const auto kernel = fwd_persistent<S, C>;
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(L.total())) != cudaSuccess) {
+                             static_cast<int>(plan.smem)) != cudaSuccess) {
       return launched("rnn::forward (shared memory attribute)");
     }
-    kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(tiles)), kThreads, L.total(), st>>>(a, sh);
+    kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(tiles)), kThreads, plan.smem, st>>>(a, sh);
     return launched("rnn::forward (persistent)");
+  }
+  if (plan.path == Path::cluster) {
+    return launch_sliced<S, C, false, true>(a, sh, plan.slice, nullptr, st);
+  }
+  if (plan.path == Path::cooperative) {  // h exchange buffer [2][B][NH*DH], fp32
+    float* hbuf = nullptr;
+    if (Status s = device_alloc(&hbuf, 2 * BN, st); s != Status::ok) return s;
+    const Status s = launch_sliced<S, C, false, false>(a, sh, plan.slice, hbuf, st);
+    cudaFreeAsync(hbuf, st);
+    return s;
   }
   float* tmp = nullptr;
   const float* prev;
@@ -459,19 +709,31 @@ Status backward_cell(const BwdArgs<S, float>& a, const Shape& sh, cudaStream_t s
   constexpr int G = C::G, GB = C::GB, NS = C::S;
   const int64_t B = sh.batch, Tn = sh.time, NH = sh.heads, DH = sh.head_dim;
   const int64_t BN = B * NH * DH, rows = Tn * B;
-  int dev = 0, optin = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
-  const BwdLayout<S, NS> L(G, DH);
   const int64_t tiles = (B + kTile - 1) / kTile;
   float* dS = nullptr;
-  if (L.total() <= optin && tiles < 65536) {
+  Plan plan;
+  if (Status s = choose_path<S, C, true>(sh, &plan); s != Status::ok) return s;
+  if (plan.path == Path::persistent) {
     const auto kernel = bwd_persistent<S, C>;
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(L.total())) != cudaSuccess) {
+                             static_cast<int>(plan.smem)) != cudaSuccess) {
       return launched("rnn::backward (shared memory attribute)");
     }
-    kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(tiles)), kThreads, L.total(), st>>>(a, sh);
+    kernel<<<dim3(static_cast<unsigned>(NH), static_cast<unsigned>(tiles)), kThreads, plan.smem, st>>>(a, sh);
+  } else if (plan.path == Path::cluster) {
+    if (Status s = launch_sliced<S, C, true, true>(a, sh, plan.slice, nullptr, st); s != Status::ok) {
+      return s;
+    }
+  } else if (plan.path == Path::cooperative) {
+    // partial R^T products [2][tiles][NH][P][16][DH], fp32
+    float* pbuf = nullptr;
+    if (Status s = device_alloc(&pbuf, 2 * tiles * NH * plan.slice.parts * kTile * DH, st);
+        s != Status::ok) {
+      return s;
+    }
+    const Status s = launch_sliced<S, C, true, false>(a, sh, plan.slice, pbuf, st);
+    cudaFreeAsync(pbuf, st);
+    if (s != Status::ok) return s;
   } else {
     if (Status s = device_alloc(&dS, NS * BN, st); s != Status::ok) return s;
     load_states<S><<<blocks_for(BN), kThreads, 0, st>>>(a.dlast, dS, BN, NS, BN);
@@ -528,6 +790,35 @@ Status backward(const BwdArgs<S, T>& a, const Shape& s, void* stream) {
     }
     return fail(Status::invalid_argument, "rnn::backward: unknown cell");
   }
+}
+
+namespace {
+template <typename S, bool kBackward>
+Status describe_as(const Shape& s, const char** name) {
+  Plan plan;
+  Status st = Status::invalid_argument;
+  switch (s.cell) {
+    case Cell::lstm: st = choose_path<S, Lstm<float>, kBackward>(s, &plan); break;
+    case Cell::gru: st = choose_path<S, Gru<float>, kBackward>(s, &plan); break;
+    case Cell::elman: st = choose_path<S, Elman<float>, kBackward>(s, &plan); break;
+    case Cell::slstm: st = choose_path<S, Slstm<float>, kBackward>(s, &plan); break;
+  }
+  if (st == Status::ok) *name = path_name(plan.path);
+  return st;
+}
+template <bool kBackward>
+Status describe_dtype(DType dtype, const Shape& s, const char** name) {
+  switch (dtype) {
+    case DType::float32: return describe_as<float, kBackward>(s, name);
+    case DType::float16: return describe_as<half_t, kBackward>(s, name);
+    case DType::bfloat16: return describe_as<bf16_t, kBackward>(s, name);
+  }
+  return fail(Status::invalid_argument, "dtype must be float32, float16 or bfloat16");
+}
+}  // namespace
+
+Status describe_path(DType dtype, const Shape& s, bool backward, const char** name) {
+  return backward ? describe_dtype<true>(dtype, s, name) : describe_dtype<false>(dtype, s, name);
 }
 
 template Status forward(const FwdArgs<float, float>&, const Shape&, void*);

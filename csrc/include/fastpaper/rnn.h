@@ -62,4 +62,17 @@ FASTPAPER_API Status backward(const double* dh_all, const double* dlast, const d
                               double* dWx, double* dR, double* db, double* dstates0, double* work,
                               const Shape& shape, Device device, void* stream);
 
+// CUDA kernel family (cuda/rnn/rnn_cuda.cu, choose_path): "auto" (default) picks, in order, the
+// first that fits: "persistent" (R_n in one CTA's shared memory), "cluster" (sm_90+: R_n sliced
+// over a thread-block cluster of up to 16 CTAs, h exchanged through distributed shared memory),
+// "cooperative" (R_n sliced over co-resident CTAs of one cooperative grid, grid-wide barrier per
+// step) and "step" (one launch per time step). Naming one forces it; a forced family that cannot
+// run a call makes that forward / backward fail with invalid_argument and the reason. The initial
+// setting is the environment variable FASTPAPER_RNN_PATH, read once (an unknown value: "auto").
+FASTPAPER_API Status set_cuda_path(const char* name);
+FASTPAPER_API const char* get_cuda_path();
+// The family forward (backward = false) or backward would run for `shape` on the current CUDA
+// device under the current setting: *name = "persistent", "cluster", "cooperative" or "step".
+FASTPAPER_API Status cuda_path(DType dtype, const Shape& shape, bool backward, const char** name);
+
 }  // namespace fastpaper::rnn
