@@ -19,15 +19,19 @@ Each config ``cell:NH`` splits ``--hidden`` into NH heads of DH = hidden / NH. R
 * ``flashrnn`` (NX-AI): its fused CUDA backend when the package imports and builds; otherwise the
   reason it is not available.
 
-Timings: median of --repeats after --warmup (CUDA: events on the current stream). A benchmark is
-not a test: nothing is asserted.
+Timings: median of --repeats after --warmup (CUDA: events on the current stream). On a shared CPU
+(other jobs running) ``--stat min`` and ``--clock cpu`` (process CPU time instead of wall time,
+only meaningful with ``--threads 1``) give steadier numbers: time slices lost to other processes
+then do not count. A benchmark is not a test: nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 
 import torch
 from bench_common import device_name, time_ms
@@ -105,6 +109,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-loop", action="store_true", help="skip the plain PyTorch loop")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--stat", default="median", choices=["median", "min"],
+                    help="statistic over the repeats (CPU only for min)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="cpu: process CPU time (CPU device, --threads 1 only)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -114,7 +122,23 @@ def main(argv=None) -> int:
     B, T, H = args.B, args.T, args.hidden
     x = torch.randn(B, T, H, device=device, dtype=dtype)
     rows = []
-    tm = lambda fn: time_ms(fn, device, args.warmup, args.repeats)
+    if device.type == "cpu" and (args.stat != "median" or args.clock != "wall"):
+        if args.clock == "cpu" and torch.get_num_threads() != 1:
+            ap.error("--clock cpu needs --threads 1 (process CPU time sums over threads)")
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+        stat = min if args.stat == "min" else statistics.median
+
+        def tm(fn):
+            for _ in range(args.warmup):
+                fn()
+            samples = []
+            for _ in range(args.repeats):
+                t0 = clock()
+                fn()
+                samples.append((clock() - t0) * 1e3)
+            return stat(samples)
+    else:
+        tm = lambda fn: time_ms(fn, device, args.warmup, args.repeats)
 
     def add(config, impl, fwd, fwdbwd, note=""):
         rows.append({"config": config, "impl": impl, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
@@ -124,7 +148,8 @@ def main(argv=None) -> int:
         print(f"{config:>14} | {impl:<34} | {f:>9} | {fb:>9} | {note}", flush=True)
 
     print(f"rnn benchmark on {device_name(device)}: B={B} T={T} hidden={H} dtype={args.dtype} "
-          f"threads={torch.get_num_threads()} fastpaper {fastpaper.__version__}")
+          f"threads={torch.get_num_threads()} fastpaper {fastpaper.__version__} "
+          f"({args.stat} of {args.repeats}, {args.clock} clock)")
     print(f"{'config':>14} | {'implementation':<34} | {'fwd ms':>9} | {'fwd+bwd':>9} | note")
 
     def fwd_bwd(module):
@@ -188,7 +213,8 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": device_name(device), "B": B, "T": T, "hidden": H,
-                       "dtype": args.dtype, "threads": torch.get_num_threads(), "rows": rows},
+                       "dtype": args.dtype, "threads": torch.get_num_threads(), "stat": args.stat,
+                       "clock": args.clock, "rows": rows},
                       fh, indent=1)
     return 0
 

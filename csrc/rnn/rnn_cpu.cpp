@@ -1,19 +1,25 @@
 // CPU kernels of the multi-head recurrent cells (fastpaper/rnn.h), forward and backward.
 //
-// Forward, per time step t:
-//   1. rec = h_{t-1} R^T for every head: one single-threaded OpenBLAS GEMM per (head, column
-//      slice) task, [B x DH] x [DH x G*DH] with R repacked once per call to [NH][G*DH][DH] (the
-//      gate blocks of a head side by side), run as an OpenMP loop over the tasks so that one head
-//      (NH = 1) still uses every thread; the batch is the GEMM's M dimension.
-//   2. the pointwise cell (fastpaper/detail/rnn_cells.h) over batch x heads in an OpenMP loop,
-//      reading Wx in storage precision and writing h_all, the next states and the pre-activations.
+// Work split: the hidden units of every head are cut into blocks of kU = 16 units; a task is one
+// (head, unit block), and each thread owns a fixed contiguous range of tasks for the whole
+// sequence, so one barrier per time step is the only synchronization.
+// Forward, per time step t and task (n, u):
+//   1. rec = h_{t-1} R^T restricted to the task's units, for all G gates: one packed panel per
+//      gate (R repacked once per call so that panel g * UB + u holds gate g of unit block u), run
+//      by the register-blocked micro-kernel of rnn_gemm.h with the batch as its M dimension;
+//   2. right away, while rec (B x G x 16) is still in L1, the pointwise cell
+//      (fastpaper/detail/rnn_cells.h) on those units, reading Wx in storage precision and writing
+//      h_all, the next states and the pre-activations; then the barrier (h_t is complete).
 // States stay in the compute type (float or double) between steps; only h_all/last are rounded.
-// Backward walks time in reverse: the pointwise backward gives d pre_t (kept in `work`), then
-// dh_{t-1} += d pre_t[:, :G] R per head (GEMM). Afterwards dR_n = sum_{t,b} d pre^T h_{t-1} is one
-// GEMM per head over all B*T rows (hist stores h_{t-1} with a uniform row stride), and db a
-// fixed-order sum per (gate, head, unit): deterministic for any thread count.
+// Backward walks time in reverse with the same tasks: per step t, first dh_t += d pre_{t+1} R for
+// the task's units (a panel of R^T over all G*DH gate rows), then the pointwise backward of step t
+// for those units gives d pre_t (kept in `work`); then the barrier. Afterwards dR_n =
+// sum_{t,b} d pre^T h_{t-1} is one GEMM per head over all B*T rows (hist stores h_{t-1} with a
+// uniform row stride), and db a fixed-order sum per (gate, head, unit): deterministic for any
+// thread count (each value is computed by one thread in a fixed order).
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -43,63 +49,87 @@ int max_threads() {
 
 #define FP_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 
-// The pointwise forward of one (batch, head) row of DH units, in chunks of kChunk units copied to
-// local arrays: the compute loop then touches only locals, which the compiler can vectorize
-// without runtime alias checks between the many state/gate pointers.
-constexpr int64_t kChunk = 64;
-
-template <typename S, typename T, typename C>
-FP_CPU_CLONES void cell_forward_row(int64_t DH, int64_t N, const S* wx, const T* rec,
-                                    const T* bias, T* const* prev, T* const* next, T* cache,
-                                    S* out) {
-  constexpr int G = C::G, GB = C::GB, NS = C::S;
-  for (int64_t j0 = 0; j0 < DH; j0 += kChunk) {
-    const int64_t n = std::min(kChunk, DH - j0);
-    T w[G][kChunk], r[G][kChunk], bb[GB][kChunk], p[NS][kChunk], pre[GB][kChunk], nx[NS][kChunk];
-    for (int g = 0; g < G; ++g)
-      for (int64_t j = 0; j < n; ++j) {
-        w[g][j] = Io<S>::load(wx[g * N + j0 + j]);
-        r[g][j] = rec[g * DH + j0 + j];
-      }
-    for (int g = 0; g < GB; ++g)
-      for (int64_t j = 0; j < n; ++j) bb[g][j] = bias[g * N + j0 + j];
-    for (int s = 0; s < NS; ++s)
-      for (int64_t j = 0; j < n; ++j) p[s][j] = prev[s][j0 + j];
-    for (int64_t j = 0; j < n; ++j) {
-      T wj[G], rj[G], bj[GB], pj[NS], prej[GB], nxj[NS];
-      for (int g = 0; g < G; ++g) {
-        wj[g] = w[g][j];
-        rj[g] = r[g][j];
-      }
-      for (int g = 0; g < GB; ++g) bj[g] = bb[g][j];
-      for (int s = 0; s < NS; ++s) pj[s] = p[s][j];
-      C::preact(wj, rj, bj, prej);
-      C::forward(prej, pj, nxj);
-      for (int g = 0; g < GB; ++g) pre[g][j] = prej[g];
-      for (int s = 0; s < NS; ++s) nx[s][j] = nxj[s];
-    }
-    for (int s = 0; s < NS; ++s)
-      for (int64_t j = 0; j < n; ++j) next[s][j0 + j] = nx[s][j];
-    if (cache) {
-      for (int g = 0; g < GB; ++g)
-        for (int64_t j = 0; j < n; ++j) cache[g * DH + j0 + j] = pre[g][j];
-    }
-    for (int64_t j = 0; j < n; ++j) out[j0 + j] = Io<S>::store(nx[0][j]);
-  }
+int thread_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
 }
+
+int thread_count() {
+#if defined(_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// Hidden units per task: one packed panel (kNR columns) of one gate.
+constexpr int64_t kU = kNR;
+
+// The pointwise forward of n <= kU units of one (batch, head) row, copied to local arrays first:
+// the compute loop then touches only locals, which the compiler can vectorize without runtime
+// alias checks between the many state/gate pointers. *_gs: the element stride between gates.
+// NU > 0: exactly NU = n_ units (compile-time trip counts for the copies: they stay vector moves
+// instead of becoming memcpy calls); NU = 0: n_ units (a partial block).
+template <typename S, typename T, typename C, int NU>
+FP_CPU_CLONES void cell_forward_units(int64_t n_, const S* wx, int64_t wx_gs, const T* rec,
+                                      int64_t rec_gs, const T* bias, int64_t b_gs,
+                                      T* const* prev, T* const* next, T* cache, int64_t cache_gs,
+                                      S* out) {
+  constexpr int G = C::G, GB = C::GB, NS = C::S;
+  const int64_t n = NU > 0 ? NU : n_;
+  T w[G][kU], r[G][kU], bb[GB][kU], p[NS][kU], pre[GB][kU], nx[NS][kU];
+  for (int g = 0; g < G; ++g)
+    for (int64_t j = 0; j < n; ++j) {
+      w[g][j] = Io<S>::load(wx[g * wx_gs + j]);
+      r[g][j] = rec[g * rec_gs + j];
+    }
+  for (int g = 0; g < GB; ++g)
+    for (int64_t j = 0; j < n; ++j) bb[g][j] = bias[g * b_gs + j];
+  for (int s = 0; s < NS; ++s)
+    for (int64_t j = 0; j < n; ++j) p[s][j] = prev[s][j];
+  for (int64_t j = 0; j < n_; ++j) {
+    T wj[G], rj[G], bj[GB], pj[NS], prej[GB], nxj[NS];
+    for (int g = 0; g < G; ++g) {
+      wj[g] = w[g][j];
+      rj[g] = r[g][j];
+    }
+    for (int g = 0; g < GB; ++g) bj[g] = bb[g][j];
+    for (int s = 0; s < NS; ++s) pj[s] = p[s][j];
+    C::preact(wj, rj, bj, prej);
+    C::forward(prej, pj, nxj);
+    for (int g = 0; g < GB; ++g) pre[g][j] = prej[g];
+    for (int s = 0; s < NS; ++s) nx[s][j] = nxj[s];
+  }
+  for (int s = 0; s < NS; ++s)
+    for (int64_t j = 0; j < n; ++j) next[s][j] = nx[s][j];
+  if (cache) {
+    for (int g = 0; g < GB; ++g)
+      for (int64_t j = 0; j < n; ++j) cache[g * cache_gs + j] = pre[g][j];
+  }
+  for (int64_t j = 0; j < n; ++j) out[j] = Io<S>::store(nx[0][j]);
+}
+
+// Below ~1 MFLOP per step the barrier per step costs more than a second thread saves.
+inline bool worth_threads(int64_t flops_per_step) { return flops_per_step >= (int64_t(1) << 20); }
 
 template <typename S, typename T, template <class> class CellT>
 void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
   using C = CellT<T>;
   constexpr int G = C::G, GB = C::GB, NS = C::S;
   const int64_t B = sh.batch, Tn = sh.time, NH = sh.heads, DH = sh.head_dim;
-  const int64_t N = NH * DH, BN = B * N, GD = G * DH;
-  // per head: B(k, g * DH + j) = R[g, n, j, k], so rec = h_n B
+  const int64_t N = NH * DH, BN = B * N;
+  const int64_t UB = (DH + kU - 1) / kU, DHp = UB * kU;  // unit blocks per head, padded DH
+  // per head: B(k, g * DHp + j) = R[g, n, j, k] (0 for j >= DH), so panel g * UB + u of
+  // h_n B holds gate g of unit block u
   std::vector<Packed<T>> P(static_cast<size_t>(NH));
 #pragma omp parallel for schedule(static) if (NH > 1 && G * N * DH > (1 << 16))
   for (int64_t n = 0; n < NH; ++n) {
-    P[n].pack(DH, GD, [&](int64_t k, int64_t c) {
-      return Io<S>::load(a.R[(((c / DH) * NH + n) * DH + c % DH) * DH + k]);
+    P[n].pack(DH, G * DHp, [&](int64_t k, int64_t c) {
+      const int64_t g = c / DHp, j = c % DHp;
+      return j < DH ? Io<S>::load(a.R[((g * NH + n) * DH + j) * DH + k]) : T(0);
     });
   }
   std::vector<T> bias(static_cast<size_t>(GB * N));
@@ -113,40 +143,53 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
     T* st = state(s, 0);
     for (int64_t i = 0; i < BN; ++i) st[i] = a.states0 ? Io<S>::load(a.states0[s * BN + i]) : T(0);
   }
-  std::vector<T> rec(static_cast<size_t>(B * NH * GD));
-  const int64_t panels = P[0].panels;
-  // one parallel region for the whole sequence: two work-shared loops (with their barriers) per
-  // step instead of a fork/join per step
-// below ~1 MFLOP per step the two barriers per step cost more than the second thread saves
-#pragma omp parallel if (B * NH * GD * DH >= (1 << 19))
-  for (int64_t t = 0; t < Tn; ++t) {
-    const T* h = state(0, t);
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < NH * panels; ++task) {
-      const int64_t n = task / panels, p = task % panels;
-      packed_gemm(h + n * DH, N, B, P[n], p, p + 1, rec.data() + n * GD, NH * GD, false);
-    }
-#pragma omp for schedule(static)
-    for (int64_t bn = 0; bn < B * NH; ++bn) {
-      const int64_t b = bn / NH, n = bn % NH;
-      const bool active = a.lengths == nullptr || t < a.lengths[b];
-      S* out = a.h_all + ((b * Tn + t) * NH + n) * DH;
-      T* cache = a.cache ? a.cache + ((t * B + b) * NH + n) * GB * DH : nullptr;
-      T* prev[NS];
-      T* next[NS];
-      for (int s = 0; s < NS; ++s) {
-        prev[s] = state(s, t) + bn * DH;
-        next[s] = state(s, t + 1) + bn * DH;
+  const int64_t tasks = NH * UB;
+  // One parallel region for the whole sequence. A thread writes only its own units of the next
+  // states and reads h_{t-1} whole, so one barrier per step suffices (also with the ring: slot
+  // t + 1 was last read in step t - 1, which every thread has left at the barrier).
+#pragma omp parallel if (tasks > 1 && worth_threads(2 * B * G * N * DH))
+  {
+    const int tid = thread_id(), nt = thread_count();
+    const int64_t task0 = tasks * tid / nt, task1 = tasks * (tid + 1) / nt;
+    std::vector<T> rec(static_cast<size_t>(B * G * kU));  // [B][G][kU]: one task's h R^T
+    for (int64_t t = 0; t < Tn; ++t) {
+      const T* h = state(0, t);
+      for (int64_t task = task0; task < task1; ++task) {
+        const int64_t n = task / UB, u = task % UB, j0 = u * kU;
+        const int64_t nu = std::min(kU, DH - j0);
+        for (int g = 0; g < G; ++g)
+          panel_gemm(h + n * DH, N, B, P[n], g * UB + u, rec.data() + g * kU, G * kU, false);
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t bn = b * NH + n;
+          const bool active = a.lengths == nullptr || t < a.lengths[b];
+          S* out = a.h_all + ((b * Tn + t) * NH + n) * DH + j0;
+          T* cache = a.cache ? a.cache + ((t * B + b) * NH + n) * GB * DH + j0 : nullptr;
+          T* prev[NS];
+          T* next[NS];
+          for (int s = 0; s < NS; ++s) {
+            prev[s] = state(s, t) + bn * DH + j0;
+            next[s] = state(s, t + 1) + bn * DH + j0;
+          }
+          if (active) {
+            const S* wx = a.Wx + ((b * Tn + t) * G * NH + n) * DH + j0;
+            const T* r = rec.data() + b * G * kU;
+            const T* bj = bias.data() + n * DH + j0;
+            // (GCC 12 leaves the GRU's loop scalar in the fixed-size build: run-time size there)
+            if (nu == kU && !std::is_same_v<C, Gru<T>>) {
+              cell_forward_units<S, T, C, kU>(nu, wx, N, r, kU, bj, N, prev, next, cache, DH, out);
+            } else {
+              cell_forward_units<S, T, C, 0>(nu, wx, N, r, kU, bj, N, prev, next, cache, DH, out);
+            }
+          } else {  // past the end: frozen states, zero output
+            for (int s = 0; s < NS; ++s) std::copy(prev[s], prev[s] + nu, next[s]);
+            if (cache) {
+              for (int g = 0; g < GB; ++g) std::fill(cache + g * DH, cache + g * DH + nu, T(0));
+            }
+            for (int64_t j = 0; j < nu; ++j) out[j] = Io<S>::store(T(0));
+          }
+        }
       }
-      if (active) {
-        cell_forward_row<S, T, C>(DH, N, a.Wx + ((b * Tn + t) * G * NH + n) * DH,
-                                  rec.data() + bn * GD, bias.data() + n * DH, prev, next, cache,
-                                  out);
-      } else {  // past the end: frozen states, zero output
-        for (int s = 0; s < NS; ++s) std::copy(prev[s], prev[s] + DH, next[s]);
-        if (cache) std::fill(cache, cache + GB * DH, T(0));
-        for (int64_t j = 0; j < DH; ++j) out[j] = Io<S>::store(T(0));
-      }
+#pragma omp barrier
     }
   }
   for (int s = 0; s < NS; ++s) {
@@ -155,40 +198,39 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
   }
 }
 
-// The pointwise backward of one (batch, head) row (chunked like cell_forward_row).
-template <typename S, typename T, typename C>
-FP_CPU_CLONES void cell_backward_row(int64_t DH, const T* pre_in, T* const* prev, T* const* dS,
-                                     const S* dh, T* w) {
+// The pointwise backward of n <= kU units of one (batch, head) row (locals as in
+// cell_forward_units); pre_in and w have gate stride gs.
+template <typename S, typename T, typename C, int NU>
+FP_CPU_CLONES void cell_backward_units(int64_t n_, const T* pre_in, int64_t gs, T* const* prev,
+                                       T* const* dS, const S* dh, T* w) {
   constexpr int GB = C::GB, NS = C::S;
-  for (int64_t j0 = 0; j0 < DH; j0 += kChunk) {
-    const int64_t n = std::min(kChunk, DH - j0);
-    T pre[GB][kChunk], p[NS][kChunk], dn[NS][kChunk], dp[NS][kChunk], dpre[GB][kChunk];
-    for (int g = 0; g < GB; ++g)
-      for (int64_t j = 0; j < n; ++j) pre[g][j] = pre_in[g * DH + j0 + j];
-    for (int s = 0; s < NS; ++s)
-      for (int64_t j = 0; j < n; ++j) {
-        p[s][j] = prev[s][j0 + j];
-        dn[s][j] = dS[s][j0 + j];
-      }
-    if (dh) {
-      for (int64_t j = 0; j < n; ++j) dn[0][j] += Io<S>::load(dh[j0 + j]);
-    }
+  const int64_t n = NU > 0 ? NU : n_;
+  T pre[GB][kU], p[NS][kU], dn[NS][kU], dp[NS][kU], dpre[GB][kU];
+  for (int g = 0; g < GB; ++g)
+    for (int64_t j = 0; j < n; ++j) pre[g][j] = pre_in[g * gs + j];
+  for (int s = 0; s < NS; ++s)
     for (int64_t j = 0; j < n; ++j) {
-      T prej[GB], pj[NS], dnj[NS], dpj[NS], dprej[GB];
-      for (int g = 0; g < GB; ++g) prej[g] = pre[g][j];
-      for (int s = 0; s < NS; ++s) {
-        pj[s] = p[s][j];
-        dnj[s] = dn[s][j];
-      }
-      C::backward(prej, pj, dnj, dpj, dprej);
-      for (int s = 0; s < NS; ++s) dp[s][j] = dpj[s];
-      for (int g = 0; g < GB; ++g) dpre[g][j] = dprej[g];
+      p[s][j] = prev[s][j];
+      dn[s][j] = dS[s][j];
     }
-    for (int s = 0; s < NS; ++s)
-      for (int64_t j = 0; j < n; ++j) dS[s][j0 + j] = dp[s][j];
-    for (int g = 0; g < GB; ++g)
-      for (int64_t j = 0; j < n; ++j) w[g * DH + j0 + j] = dpre[g][j];
+  if (dh) {
+    for (int64_t j = 0; j < n; ++j) dn[0][j] += Io<S>::load(dh[j]);
   }
+  for (int64_t j = 0; j < n_; ++j) {
+    T prej[GB], pj[NS], dnj[NS], dpj[NS], dprej[GB];
+    for (int g = 0; g < GB; ++g) prej[g] = pre[g][j];
+    for (int s = 0; s < NS; ++s) {
+      pj[s] = p[s][j];
+      dnj[s] = dn[s][j];
+    }
+    C::backward(prej, pj, dnj, dpj, dprej);
+    for (int s = 0; s < NS; ++s) dp[s][j] = dpj[s];
+    for (int g = 0; g < GB; ++g) dpre[g][j] = dprej[g];
+  }
+  for (int s = 0; s < NS; ++s)
+    for (int64_t j = 0; j < n; ++j) dS[s][j] = dp[s][j];
+  for (int g = 0; g < GB; ++g)
+    for (int64_t j = 0; j < n; ++j) w[g * gs + j] = dpre[g][j];
 }
 
 template <typename S, typename T, template <class> class CellT>
@@ -198,7 +240,8 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
   const int64_t B = sh.batch, Tn = sh.time, NH = sh.heads, DH = sh.head_dim;
   const int64_t N = NH * DH, BN = B * N, GD = G * DH, GBD = GB * DH;
   single_threaded_blas();
-  // per head: B(g * DH + j, k) = R[g, n, j, k], so dh_prev += d pre_n[:, :G*DH] B
+  // per head: B(g * DH + j, k) = R[g, n, j, k], so dh_prev += d pre_n[:, :G*DH] B; panel u is
+  // unit block u of dh_prev
   std::vector<Packed<T>> P(static_cast<size_t>(NH));
 #pragma omp parallel for schedule(static) if (NH > 1 && G * N * DH > (1 << 16))
   for (int64_t n = 0; n < NH; ++n) {
@@ -209,35 +252,54 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
   // dS: gradient of the states entering the current step (walking backwards)
   std::vector<T> dS(static_cast<size_t>(NS * BN));
   for (int64_t i = 0; i < NS * BN; ++i) dS[i] = a.dlast ? Io<S>::load(a.dlast[i]) : T(0);
-  const int64_t panels = P[0].panels;
+  const int64_t UB = (DH + kU - 1) / kU, tasks = NH * UB;
   auto hist = [&](int s, int64_t t) { return a.hist + (s * (Tn + 1) + t) * BN; };
-// below ~1 MFLOP per step the two barriers per step cost more than the second thread saves
-#pragma omp parallel if (B * NH * GD * DH >= (1 << 19))
-  for (int64_t t = Tn - 1; t >= 0; --t) {
-    T* work_t = a.work + t * B * NH * GBD;
-#pragma omp for schedule(static)
-    for (int64_t bn = 0; bn < B * NH; ++bn) {
-      const int64_t b = bn / NH, n = bn % NH;
-      const bool active = a.lengths == nullptr || t < a.lengths[b];
-      T* w = work_t + bn * GBD;
-      if (!active) {  // frozen step: states pass through, no gate gradient
-        std::fill(w, w + GBD, T(0));
-        continue;
+  auto work = [&](int64_t t) { return a.work + t * B * NH * GBD; };
+  // Per step and task: dh_t += d pre_{t+1} R on the task's units (needs every unit's d pre_{t+1}:
+  // the barrier of the previous iteration), then the cell backward of step t on them.
+#pragma omp parallel if (tasks > 1 && worth_threads(2 * B * G * N * DH))
+  {
+    const int tid = thread_id(), nt = thread_count();
+    const int64_t task0 = tasks * tid / nt, task1 = tasks * (tid + 1) / nt;
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      for (int64_t task = task0; task < task1; ++task) {
+        const int64_t n = task / UB, u = task % UB, j0 = u * kU;
+        const int64_t nu = std::min(kU, DH - j0);
+        if (t + 1 < Tn) {
+          panel_gemm(work(t + 1) + n * GBD, NH * GBD, B, P[n], u, dS.data() + n * DH + j0, N,
+                     true);
+        }
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t bn = b * NH + n;
+          T* w = work(t) + bn * GBD + j0;
+          if (a.lengths != nullptr && t >= a.lengths[b]) {
+            // frozen step: states pass through, no gate gradient
+            for (int g = 0; g < GB; ++g) std::fill(w + g * DH, w + g * DH + nu, T(0));
+            continue;
+          }
+          T* prev[NS];
+          T* ds[NS];
+          for (int s = 0; s < NS; ++s) {
+            prev[s] = const_cast<T*>(hist(s, t)) + bn * DH + j0;
+            ds[s] = dS.data() + s * BN + bn * DH + j0;
+          }
+          const T* pre = a.cache + ((t * B + b) * NH + n) * GBD + j0;
+          const S* dh = a.dh_all ? a.dh_all + ((b * Tn + t) * NH + n) * DH + j0 : nullptr;
+          if (nu == kU) {
+            cell_backward_units<S, T, C, kU>(nu, pre, DH, prev, ds, dh, w);
+          } else {
+            cell_backward_units<S, T, C, 0>(nu, pre, DH, prev, ds, dh, w);
+          }
+        }
       }
-      T* prev[NS];
-      T* ds[NS];
-      for (int s = 0; s < NS; ++s) {
-        prev[s] = const_cast<T*>(hist(s, t)) + bn * DH;
-        ds[s] = dS.data() + s * BN + bn * DH;
-      }
-      cell_backward_row<S, T, C>(DH, a.cache + ((t * B + b) * NH + n) * GBD, prev, ds,
-                                 a.dh_all ? a.dh_all + ((b * Tn + t) * NH + n) * DH : nullptr, w);
+#pragma omp barrier
     }
-    // dh_{t-1} += d pre_t[:, :G] R  (per head: [B x G*DH] x [G*DH x DH])
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < NH * panels; ++task) {
-      const int64_t n = task / panels, p = task % panels;
-      packed_gemm(work_t + n * GBD, NH * GBD, B, P[n], p, p + 1, dS.data() + n * DH, N, true);
+    // the R path of the first step into the initial h
+    if (a.dstates0 && Tn > 0) {
+      for (int64_t task = task0; task < task1; ++task) {
+        const int64_t n = task / UB, u = task % UB;
+        panel_gemm(work(0) + n * GBD, NH * GBD, B, P[n], u, dS.data() + n * DH + u * kU, N, true);
+      }
     }
   }
   if (a.dstates0) {
