@@ -13,13 +13,12 @@
 // States stay in the compute type (float or double) between steps; only h_all/last are rounded.
 // Backward walks time in reverse with the same tasks: per step t, first dh_t += d pre_{t+1} R for
 // the task's units (a panel of R^T over all G*DH gate rows), then the pointwise backward of step t
-// for those units gives d pre_t (kept in `work`); then the barrier. Afterwards dR_n =
-// sum_{t,b} d pre^T h_{t-1} is one GEMM per head over all B*T rows (hist stores h_{t-1} with a
-// uniform row stride), and db a fixed-order sum per (gate, head, unit): deterministic for any
-// thread count (each value is computed by one thread in a fixed order).
+// for those units gives d pre_t (kept in `work`, also written to dWx and added to the db sums
+// while in L1); then the barrier. Afterwards dR_n = sum_{t,b} d pre^T h_{t-1} is one GEMM per
+// head over all B*T rows (hist stores h_{t-1} with a uniform row stride). Deterministic for any
+// thread count: every value is computed by one thread in a fixed order (db: t descending, then b).
 
 #include <algorithm>
-#include <type_traits>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -48,6 +47,12 @@ int max_threads() {
 }
 
 #define FP_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+// The cell loops: one vector iteration of a cell is a long dependent chain (two exp/tanh levels,
+// divisions) of ~230 instructions, more than the out-of-order window overlaps across iterations.
+// Unrolled twice and with GCC's pre-register-allocation scheduler (off by default on x86), the
+// instructions of two independent iterations are interleaved; pure scheduling: same operations,
+// same results.
+#define FP_CELL_SCHED __attribute__((optimize("schedule-insns", "sched-pressure")))
 
 int thread_id() {
 #if defined(_OPENMP)
@@ -68,48 +73,87 @@ int thread_count() {
 // Hidden units per task: one packed panel (kNR columns) of one gate.
 constexpr int64_t kU = kNR;
 
-// The pointwise forward of n <= kU units of one (batch, head) row, copied to local arrays first:
-// the compute loop then touches only locals, which the compiler can vectorize without runtime
-// alias checks between the many state/gate pointers. *_gs: the element stride between gates.
-// NU > 0: exactly NU = n_ units (compile-time trip counts for the copies: they stay vector moves
-// instead of becoming memcpy calls); NU = 0: n_ units (a partial block).
+// The pointwise cell runs on blocks of up to kRows batch rows x kU units at once: the loop over
+// those kRows * kU independent lanes gives the out-of-order core several vectors of work at a
+// time, where one row (2 vectors) would leave it waiting on the latency of the exp/tanh chains.
+constexpr int64_t kRows = 8, kLanes = kRows * kU;
+
+// One task's rows for the cell forward: pointers to row 0 and element strides between rows (rs)
+// and gates (gs).
+template <typename S, typename T>
+struct FwdBlock {
+  const S* wx;
+  int64_t wx_rs, wx_gs;
+  const T* rec;  // [rows][G][kU]
+  const T* bias;
+  int64_t b_gs;
+  T* prev[4];
+  T* next[4];
+  int64_t st_rs;
+  T* cache;  // nullable
+  int64_t cache_rs, cache_gs;
+  S* out;
+  int64_t out_rs;
+  const bool* active;  // per row: false past the sequence's end (frozen states, zero output)
+};
+
+// The pointwise forward of rows x nu units (nu <= kU), through local arrays: the compute loop
+// then touches only locals, which the compiler vectorizes without runtime alias checks between
+// the many state/gate pointers. NU > 0: nu == NU, compile-time trip counts for the copies (they
+// stay vector moves instead of becoming memcpy calls); NU = 0: a partial block.
 template <typename S, typename T, typename C, int NU>
-FP_CPU_CLONES void cell_forward_units(int64_t n_, const S* wx, int64_t wx_gs, const T* rec,
-                                      int64_t rec_gs, const T* bias, int64_t b_gs,
-                                      T* const* prev, T* const* next, T* cache, int64_t cache_gs,
-                                      S* out) {
+FP_CELL_SCHED FP_CPU_CLONES void cell_forward_block(const FwdBlock<S, T>& k, int64_t rows, int64_t nu_) {
   constexpr int G = C::G, GB = C::GB, NS = C::S;
-  const int64_t n = NU > 0 ? NU : n_;
-  T w[G][kU], r[G][kU], bb[GB][kU], p[NS][kU], pre[GB][kU], nx[NS][kU];
-  for (int g = 0; g < G; ++g)
-    for (int64_t j = 0; j < n; ++j) {
-      w[g][j] = Io<S>::load(wx[g * wx_gs + j]);
-      r[g][j] = rec[g * rec_gs + j];
-    }
-  for (int g = 0; g < GB; ++g)
-    for (int64_t j = 0; j < n; ++j) bb[g][j] = bias[g * b_gs + j];
-  for (int s = 0; s < NS; ++s)
-    for (int64_t j = 0; j < n; ++j) p[s][j] = prev[s][j];
-  for (int64_t j = 0; j < n_; ++j) {
+  const int64_t nu = NU > 0 ? NU : nu_;
+  T w[G][kLanes], r[G][kLanes], bb[GB][kLanes], p[NS][kLanes], pre[GB][kLanes], nx[NS][kLanes];
+  if (NU == 0) {  // lanes past nu: defined inputs (their results are not stored)
+    for (int g = 0; g < G; ++g) std::fill(w[g], w[g] + kLanes, T(0)), std::fill(r[g], r[g] + kLanes, T(0));
+    for (int g = 0; g < GB; ++g) std::fill(bb[g], bb[g] + kLanes, T(0));
+    for (int s = 0; s < NS; ++s) std::fill(p[s], p[s] + kLanes, T(0));
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t o = i * kU;
+    for (int g = 0; g < G; ++g)
+      for (int64_t j = 0; j < nu; ++j) {
+        w[g][o + j] = Io<S>::load(k.wx[i * k.wx_rs + g * k.wx_gs + j]);
+        r[g][o + j] = k.rec[(i * G + g) * kU + j];
+      }
+    for (int g = 0; g < GB; ++g)
+      for (int64_t j = 0; j < nu; ++j) bb[g][o + j] = k.bias[g * k.b_gs + j];
+    for (int s = 0; s < NS; ++s)
+      for (int64_t j = 0; j < nu; ++j) p[s][o + j] = k.prev[s][i * k.st_rs + j];
+  }
+  const int64_t lanes = rows * kU;
+#pragma GCC unroll 2
+  for (int64_t m = 0; m < lanes; ++m) {
     T wj[G], rj[G], bj[GB], pj[NS], prej[GB], nxj[NS];
     for (int g = 0; g < G; ++g) {
-      wj[g] = w[g][j];
-      rj[g] = r[g][j];
+      wj[g] = w[g][m];
+      rj[g] = r[g][m];
     }
-    for (int g = 0; g < GB; ++g) bj[g] = bb[g][j];
-    for (int s = 0; s < NS; ++s) pj[s] = p[s][j];
+    for (int g = 0; g < GB; ++g) bj[g] = bb[g][m];
+    for (int s = 0; s < NS; ++s) pj[s] = p[s][m];
     C::preact(wj, rj, bj, prej);
     C::forward(prej, pj, nxj);
-    for (int g = 0; g < GB; ++g) pre[g][j] = prej[g];
-    for (int s = 0; s < NS; ++s) nx[s][j] = nxj[s];
+    for (int g = 0; g < GB; ++g) pre[g][m] = prej[g];
+    for (int s = 0; s < NS; ++s) nx[s][m] = nxj[s];
   }
-  for (int s = 0; s < NS; ++s)
-    for (int64_t j = 0; j < n; ++j) next[s][j] = nx[s][j];
-  if (cache) {
-    for (int g = 0; g < GB; ++g)
-      for (int64_t j = 0; j < n; ++j) cache[g * cache_gs + j] = pre[g][j];
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t o = i * kU;
+    const bool on = k.active[i];
+    for (int s = 0; s < NS; ++s) {
+      T* dst = k.next[s] + i * k.st_rs;
+      for (int64_t j = 0; j < nu; ++j) dst[j] = on ? nx[s][o + j] : p[s][o + j];
+    }
+    if (k.cache) {
+      for (int g = 0; g < GB; ++g) {
+        T* dst = k.cache + i * k.cache_rs + g * k.cache_gs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = on ? pre[g][o + j] : T(0);
+      }
+    }
+    S* out = k.out + i * k.out_rs;
+    for (int64_t j = 0; j < nu; ++j) out[j] = Io<S>::store(on ? nx[0][o + j] : T(0));
   }
-  for (int64_t j = 0; j < n; ++j) out[j] = Io<S>::store(nx[0][j]);
 }
 
 // Below ~1 MFLOP per step the barrier per step costs more than a second thread saves.
@@ -157,35 +201,47 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
       for (int64_t task = task0; task < task1; ++task) {
         const int64_t n = task / UB, u = task % UB, j0 = u * kU;
         const int64_t nu = std::min(kU, DH - j0);
+        // This step's rows of these units that the cell reads or writes: B * G lines of Wx
+        // 4 KiB .. 1 MiB apart and B of h_all (strides the hardware prefetcher does not follow),
+        // requested now so that they arrive while the GEMM below runs.
+        for (int64_t b = 0; b < B; ++b) {
+          for (int g = 0; g < G; ++g)
+            __builtin_prefetch(a.Wx + ((b * Tn + t) * G + g) * N + n * DH + j0);
+          __builtin_prefetch(a.h_all + (b * Tn + t) * N + n * DH + j0, 1);
+          if (a.cache) {
+            for (int g = 0; g < GB; ++g)
+              __builtin_prefetch(a.cache + (((t * B + b) * NH + n) * GB + g) * DH + j0, 1);
+          }
+        }
         for (int g = 0; g < G; ++g)
           panel_gemm(h + n * DH, N, B, P[n], g * UB + u, rec.data() + g * kU, G * kU, false);
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t bn = b * NH + n;
-          const bool active = a.lengths == nullptr || t < a.lengths[b];
-          S* out = a.h_all + ((b * Tn + t) * NH + n) * DH + j0;
-          T* cache = a.cache ? a.cache + ((t * B + b) * NH + n) * GB * DH + j0 : nullptr;
-          T* prev[NS];
-          T* next[NS];
+        for (int64_t b0 = 0; b0 < B; b0 += kRows) {
+          const int64_t rows = std::min(kRows, B - b0);
+          bool active[kRows];
+          for (int64_t i = 0; i < rows; ++i) active[i] = a.lengths == nullptr || t < a.lengths[b0 + i];
+          const int64_t bn = b0 * NH + n;
+          FwdBlock<S, T> k{};
+          k.wx = a.Wx + ((b0 * Tn + t) * G * NH + n) * DH + j0;
+          k.wx_rs = Tn * G * N;
+          k.wx_gs = N;
+          k.rec = rec.data() + b0 * G * kU;
+          k.bias = bias.data() + n * DH + j0;
+          k.b_gs = N;
           for (int s = 0; s < NS; ++s) {
-            prev[s] = state(s, t) + bn * DH + j0;
-            next[s] = state(s, t + 1) + bn * DH + j0;
+            k.prev[s] = state(s, t) + bn * DH + j0;
+            k.next[s] = state(s, t + 1) + bn * DH + j0;
           }
-          if (active) {
-            const S* wx = a.Wx + ((b * Tn + t) * G * NH + n) * DH + j0;
-            const T* r = rec.data() + b * G * kU;
-            const T* bj = bias.data() + n * DH + j0;
-            // (GCC 12 leaves the GRU's loop scalar in the fixed-size build: run-time size there)
-            if (nu == kU && !std::is_same_v<C, Gru<T>>) {
-              cell_forward_units<S, T, C, kU>(nu, wx, N, r, kU, bj, N, prev, next, cache, DH, out);
-            } else {
-              cell_forward_units<S, T, C, 0>(nu, wx, N, r, kU, bj, N, prev, next, cache, DH, out);
-            }
-          } else {  // past the end: frozen states, zero output
-            for (int s = 0; s < NS; ++s) std::copy(prev[s], prev[s] + nu, next[s]);
-            if (cache) {
-              for (int g = 0; g < GB; ++g) std::fill(cache + g * DH, cache + g * DH + nu, T(0));
-            }
-            for (int64_t j = 0; j < nu; ++j) out[j] = Io<S>::store(T(0));
+          k.st_rs = N;
+          k.cache = a.cache ? a.cache + ((t * B + b0) * NH + n) * GB * DH + j0 : nullptr;
+          k.cache_rs = NH * GB * DH;
+          k.cache_gs = DH;
+          k.out = a.h_all + ((b0 * Tn + t) * NH + n) * DH + j0;
+          k.out_rs = Tn * N;
+          k.active = active;
+          if (nu == kU) {
+            cell_forward_block<S, T, C, kU>(k, rows, nu);
+          } else {
+            cell_forward_block<S, T, C, 0>(k, rows, nu);
           }
         }
       }
@@ -198,39 +254,87 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
   }
 }
 
-// The pointwise backward of n <= kU units of one (batch, head) row (locals as in
-// cell_forward_units); pre_in and w have gate stride gs.
+// One task's rows for the cell backward (strides as in FwdBlock; pre and w share gate stride gs).
+template <typename S, typename T>
+struct BwdBlock {
+  const T* pre;
+  int64_t pre_rs, gs;
+  const T* prev[4];
+  T* dS[4];
+  int64_t st_rs;
+  const S* dh;  // nullable
+  int64_t dh_rs;
+  T* w;
+  int64_t w_rs;
+  S* dwx;  // dWx rows (gate g <- pre row wx_row(g))
+  int64_t dwx_rs, dwx_gs;
+  T* db;  // running sums of d pre rows b_row(gb), gate stride db_gs
+  int64_t db_gs;
+  const bool* active;  // per row: false past the end (no gate gradient, states pass through)
+};
+
+// The pointwise backward of rows x nu units (locals and NU as in cell_forward_block).
 template <typename S, typename T, typename C, int NU>
-FP_CPU_CLONES void cell_backward_units(int64_t n_, const T* pre_in, int64_t gs, T* const* prev,
-                                       T* const* dS, const S* dh, T* w) {
+FP_CELL_SCHED FP_CPU_CLONES void cell_backward_block(const BwdBlock<S, T>& k, int64_t rows, int64_t nu_) {
   constexpr int GB = C::GB, NS = C::S;
-  const int64_t n = NU > 0 ? NU : n_;
-  T pre[GB][kU], p[NS][kU], dn[NS][kU], dp[NS][kU], dpre[GB][kU];
-  for (int g = 0; g < GB; ++g)
-    for (int64_t j = 0; j < n; ++j) pre[g][j] = pre_in[g * gs + j];
-  for (int s = 0; s < NS; ++s)
-    for (int64_t j = 0; j < n; ++j) {
-      p[s][j] = prev[s][j];
-      dn[s][j] = dS[s][j];
-    }
-  if (dh) {
-    for (int64_t j = 0; j < n; ++j) dn[0][j] += Io<S>::load(dh[j]);
+  const int64_t nu = NU > 0 ? NU : nu_;
+  T pre[GB][kLanes], p[NS][kLanes], dn[NS][kLanes], dp[NS][kLanes], dpre[GB][kLanes];
+  if (NU == 0) {
+    for (int g = 0; g < GB; ++g) std::fill(pre[g], pre[g] + kLanes, T(0));
+    for (int s = 0; s < NS; ++s) std::fill(p[s], p[s] + kLanes, T(0)), std::fill(dn[s], dn[s] + kLanes, T(0));
   }
-  for (int64_t j = 0; j < n_; ++j) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t o = i * kU;
+    for (int g = 0; g < GB; ++g)
+      for (int64_t j = 0; j < nu; ++j) pre[g][o + j] = k.pre[i * k.pre_rs + g * k.gs + j];
+    for (int s = 0; s < NS; ++s)
+      for (int64_t j = 0; j < nu; ++j) {
+        p[s][o + j] = k.prev[s][i * k.st_rs + j];
+        dn[s][o + j] = k.dS[s][i * k.st_rs + j];
+      }
+    if (k.dh) {
+      for (int64_t j = 0; j < nu; ++j) dn[0][o + j] += Io<S>::load(k.dh[i * k.dh_rs + j]);
+    }
+  }
+  const int64_t lanes = rows * kU;
+#pragma GCC unroll 2
+  for (int64_t m = 0; m < lanes; ++m) {
     T prej[GB], pj[NS], dnj[NS], dpj[NS], dprej[GB];
-    for (int g = 0; g < GB; ++g) prej[g] = pre[g][j];
+    for (int g = 0; g < GB; ++g) prej[g] = pre[g][m];
     for (int s = 0; s < NS; ++s) {
-      pj[s] = p[s][j];
-      dnj[s] = dn[s][j];
+      pj[s] = p[s][m];
+      dnj[s] = dn[s][m];
     }
     C::backward(prej, pj, dnj, dpj, dprej);
-    for (int s = 0; s < NS; ++s) dp[s][j] = dpj[s];
-    for (int g = 0; g < GB; ++g) dpre[g][j] = dprej[g];
+    for (int s = 0; s < NS; ++s) dp[s][m] = dpj[s];
+    for (int g = 0; g < GB; ++g) dpre[g][m] = dprej[g];
   }
-  for (int s = 0; s < NS; ++s)
-    for (int64_t j = 0; j < n; ++j) dS[s][j] = dp[s][j];
-  for (int g = 0; g < GB; ++g)
-    for (int64_t j = 0; j < n; ++j) w[g * gs + j] = dpre[g][j];
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t o = i * kU;
+    const bool on = k.active[i];
+    if (on) {
+      for (int s = 0; s < NS; ++s) {
+        T* dst = k.dS[s] + i * k.st_rs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = dp[s][o + j];
+      }
+    }
+    for (int g = 0; g < GB; ++g) {
+      T* dst = k.w + i * k.w_rs + g * k.gs;
+      for (int64_t j = 0; j < nu; ++j) dst[j] = on ? dpre[g][o + j] : T(0);
+    }
+    for (int g = 0; g < C::G; ++g) {
+      S* dst = k.dwx + i * k.dwx_rs + g * k.dwx_gs;
+      const T* src = dpre[C::wx_row(g)] + o;
+      for (int64_t j = 0; j < nu; ++j) dst[j] = Io<S>::store(on ? src[j] : T(0));
+    }
+    if (on) {  // db: rows in a fixed order (t descending, then b), whatever the thread count
+      for (int g = 0; g < GB; ++g) {
+        T* acc = k.db + g * k.db_gs;
+        const T* src = dpre[C::b_row(g)] + o;
+        for (int64_t j = 0; j < nu; ++j) acc[j] += src[j];
+      }
+    }
+  }
 }
 
 template <typename S, typename T, template <class> class CellT>
@@ -250,6 +354,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
     });
   }
   // dS: gradient of the states entering the current step (walking backwards)
+  std::vector<T> db(static_cast<size_t>(GB * N), T(0));  // [GB][NH][DH] sums of d pre
   std::vector<T> dS(static_cast<size_t>(NS * BN));
   for (int64_t i = 0; i < NS * BN; ++i) dS[i] = a.dlast ? Io<S>::load(a.dlast[i]) : T(0);
   const int64_t UB = (DH + kU - 1) / kU, tasks = NH * UB;
@@ -265,30 +370,48 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
       for (int64_t task = task0; task < task1; ++task) {
         const int64_t n = task / UB, u = task % UB, j0 = u * kU;
         const int64_t nu = std::min(kU, DH - j0);
+        // this step's strided rows of these units (as in the forward), before the GEMM
+        for (int64_t b = 0; b < B; ++b) {
+          if (a.dh_all) __builtin_prefetch(a.dh_all + (b * Tn + t) * N + n * DH + j0);
+          for (int g = 0; g < G; ++g)
+            __builtin_prefetch(a.dWx + ((b * Tn + t) * G + g) * N + n * DH + j0, 1);
+          for (int g = 0; g < GB; ++g) {
+            __builtin_prefetch(a.cache + (((t * B + b) * NH + n) * GB + g) * DH + j0);
+            __builtin_prefetch(work(t) + ((b * NH + n) * GB + g) * DH + j0, 1);
+          }
+        }
         if (t + 1 < Tn) {
           panel_gemm(work(t + 1) + n * GBD, NH * GBD, B, P[n], u, dS.data() + n * DH + j0, N,
                      true);
         }
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t bn = b * NH + n;
-          T* w = work(t) + bn * GBD + j0;
-          if (a.lengths != nullptr && t >= a.lengths[b]) {
-            // frozen step: states pass through, no gate gradient
-            for (int g = 0; g < GB; ++g) std::fill(w + g * DH, w + g * DH + nu, T(0));
-            continue;
-          }
-          T* prev[NS];
-          T* ds[NS];
+        for (int64_t b0 = 0; b0 < B; b0 += kRows) {
+          const int64_t rows = std::min(kRows, B - b0);
+          bool active[kRows];
+          for (int64_t i = 0; i < rows; ++i) active[i] = a.lengths == nullptr || t < a.lengths[b0 + i];
+          const int64_t bn = b0 * NH + n;
+          BwdBlock<S, T> k{};
+          k.pre = a.cache + ((t * B + b0) * NH + n) * GBD + j0;
+          k.pre_rs = NH * GBD;
+          k.gs = DH;
           for (int s = 0; s < NS; ++s) {
-            prev[s] = const_cast<T*>(hist(s, t)) + bn * DH + j0;
-            ds[s] = dS.data() + s * BN + bn * DH + j0;
+            k.prev[s] = hist(s, t) + bn * DH + j0;
+            k.dS[s] = dS.data() + s * BN + bn * DH + j0;
           }
-          const T* pre = a.cache + ((t * B + b) * NH + n) * GBD + j0;
-          const S* dh = a.dh_all ? a.dh_all + ((b * Tn + t) * NH + n) * DH + j0 : nullptr;
+          k.st_rs = N;
+          k.dh = a.dh_all ? a.dh_all + ((b0 * Tn + t) * NH + n) * DH + j0 : nullptr;
+          k.dh_rs = Tn * N;
+          k.w = work(t) + bn * GBD + j0;
+          k.w_rs = NH * GBD;
+          k.dwx = a.dWx + ((b0 * Tn + t) * G * NH + n) * DH + j0;
+          k.dwx_rs = Tn * G * N;
+          k.dwx_gs = N;
+          k.db = db.data() + n * DH + j0;
+          k.db_gs = N;
+          k.active = active;
           if (nu == kU) {
-            cell_backward_units<S, T, C, kU>(nu, pre, DH, prev, ds, dh, w);
+            cell_backward_block<S, T, C, kU>(k, rows, nu);
           } else {
-            cell_backward_units<S, T, C, 0>(nu, pre, DH, prev, ds, dh, w);
+            cell_backward_block<S, T, C, 0>(k, rows, nu);
           }
         }
       }
@@ -326,30 +449,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
     S* dst = a.dR + gn * DH * DH;
     for (int64_t i = 0; i < DH * DH; ++i) dst[i] = Io<S>::store(src[i]);
   }
-  // db: fixed-order sums over (t, b) per (gate row, head, unit)
-#pragma omp parallel for schedule(static)
-  for (int64_t gn = 0; gn < GB * NH; ++gn) {
-    const int64_t gb = gn / NH, n = gn % NH;
-    const int64_t row = C::b_row(static_cast<int>(gb));
-    std::vector<T> acc(static_cast<size_t>(DH), T(0));
-    for (int64_t tb = 0; tb < rows; ++tb) {
-      const T* w = a.work + (tb * NH + n) * GBD + row * DH;
-      for (int64_t j = 0; j < DH; ++j) acc[j] += w[j];
-    }
-    for (int64_t j = 0; j < DH; ++j) a.db[gn * DH + j] = Io<S>::store(acc[j]);
-  }
-  // dWx[b, t, g, n, :] = d pre_t[b, n, wx_row(g), :]
-#pragma omp parallel for schedule(static)
-  for (int64_t bt = 0; bt < B * Tn; ++bt) {
-    const int64_t b = bt / Tn, t = bt % Tn;
-    for (int g = 0; g < G; ++g) {
-      for (int64_t n = 0; n < NH; ++n) {
-        const T* w = a.work + ((t * B + b) * NH + n) * GBD + C::wx_row(g) * DH;
-        S* dst = a.dWx + ((bt * G + g) * NH + n) * DH;
-        for (int64_t j = 0; j < DH; ++j) dst[j] = Io<S>::store(w[j]);
-      }
-    }
-  }
+  for (int64_t i = 0; i < GB * N; ++i) a.db[i] = Io<S>::store(db[i]);
 }
 
 }  // namespace
