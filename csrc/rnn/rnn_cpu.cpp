@@ -140,19 +140,30 @@ FP_CELL_SCHED FP_CPU_CLONES void cell_forward_block(const FwdBlock<S, T>& k, int
   }
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t o = i * kU;
-    const bool on = k.active[i];
-    for (int s = 0; s < NS; ++s) {
-      T* dst = k.next[s] + i * k.st_rs;
-      for (int64_t j = 0; j < nu; ++j) dst[j] = on ? nx[s][o + j] : p[s][o + j];
-    }
-    if (k.cache) {
-      for (int g = 0; g < GB; ++g) {
-        T* dst = k.cache + i * k.cache_rs + g * k.cache_gs;
-        for (int64_t j = 0; j < nu; ++j) dst[j] = on ? pre[g][o + j] : T(0);
-      }
-    }
     S* out = k.out + i * k.out_rs;
-    for (int64_t j = 0; j < nu; ++j) out[j] = Io<S>::store(on ? nx[0][o + j] : T(0));
+    if (k.active[i]) {
+      for (int s = 0; s < NS; ++s) {
+        T* dst = k.next[s] + i * k.st_rs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = nx[s][o + j];
+      }
+      if (k.cache) {
+        for (int g = 0; g < GB; ++g) {
+          T* dst = k.cache + i * k.cache_rs + g * k.cache_gs;
+          for (int64_t j = 0; j < nu; ++j) dst[j] = pre[g][o + j];
+        }
+      }
+      for (int64_t j = 0; j < nu; ++j) out[j] = Io<S>::store(nx[0][o + j]);
+    } else {  // past the end: frozen states, zero output
+      for (int s = 0; s < NS; ++s) {
+        T* dst = k.next[s] + i * k.st_rs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = p[s][o + j];
+      }
+      if (k.cache) {
+        for (int g = 0; g < GB; ++g)
+          std::fill_n(k.cache + i * k.cache_rs + g * k.cache_gs, nu, T(0));
+      }
+      for (int64_t j = 0; j < nu; ++j) out[j] = Io<S>::store(T(0));
+    }
   }
 }
 
@@ -311,27 +322,31 @@ FP_CELL_SCHED FP_CPU_CLONES void cell_backward_block(const BwdBlock<S, T>& k, in
   }
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t o = i * kU;
-    const bool on = k.active[i];
-    if (on) {
+    if (k.active[i]) {
       for (int s = 0; s < NS; ++s) {
         T* dst = k.dS[s] + i * k.st_rs;
         for (int64_t j = 0; j < nu; ++j) dst[j] = dp[s][o + j];
       }
-    }
-    for (int g = 0; g < GB; ++g) {
-      T* dst = k.w + i * k.w_rs + g * k.gs;
-      for (int64_t j = 0; j < nu; ++j) dst[j] = on ? dpre[g][o + j] : T(0);
-    }
-    for (int g = 0; g < C::G; ++g) {
-      S* dst = k.dwx + i * k.dwx_rs + g * k.dwx_gs;
-      const T* src = dpre[C::wx_row(g)] + o;
-      for (int64_t j = 0; j < nu; ++j) dst[j] = Io<S>::store(on ? src[j] : T(0));
-    }
-    if (on) {  // db: rows in a fixed order (t descending, then b), whatever the thread count
+      for (int g = 0; g < GB; ++g) {
+        T* dst = k.w + i * k.w_rs + g * k.gs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = dpre[g][o + j];
+      }
+      for (int g = 0; g < C::G; ++g) {
+        S* dst = k.dwx + i * k.dwx_rs + g * k.dwx_gs;
+        const T* src = dpre[C::wx_row(g)] + o;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = Io<S>::store(src[j]);
+      }
+      // db: rows in a fixed order (t descending, then b), whatever the thread count
       for (int g = 0; g < GB; ++g) {
         T* acc = k.db + g * k.db_gs;
         const T* src = dpre[C::b_row(g)] + o;
         for (int64_t j = 0; j < nu; ++j) acc[j] += src[j];
+      }
+    } else {  // past the end: no gate gradient, the state gradients pass through
+      for (int g = 0; g < GB; ++g) std::fill_n(k.w + i * k.w_rs + g * k.gs, nu, T(0));
+      for (int g = 0; g < C::G; ++g) {
+        S* dst = k.dwx + i * k.dwx_rs + g * k.dwx_gs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = Io<S>::store(T(0));
       }
     }
   }
