@@ -102,12 +102,16 @@ struct FwdBlock {
 // the many state/gate pointers. NU > 0: nu == NU, compile-time trip counts for the copies (they
 // stay vector moves instead of becoming memcpy calls); NU = 0: a partial block.
 template <typename S, typename T, typename C, int NU>
-FP_CELL_SCHED FP_CPU_CLONES void cell_forward_block(const FwdBlock<S, T>& k, int64_t rows, int64_t nu_) {
+FP_CELL_SCHED FP_CPU_CLONES void cell_forward_block(const FwdBlock<S, T>& k, int64_t rows,
+                                                    int64_t nu_) {
   constexpr int G = C::G, GB = C::GB, NS = C::S;
   const int64_t nu = NU > 0 ? NU : nu_;
   T w[G][kLanes], r[G][kLanes], bb[GB][kLanes], p[NS][kLanes], pre[GB][kLanes], nx[NS][kLanes];
   if (NU == 0) {  // lanes past nu: defined inputs (their results are not stored)
-    for (int g = 0; g < G; ++g) std::fill(w[g], w[g] + kLanes, T(0)), std::fill(r[g], r[g] + kLanes, T(0));
+    for (int g = 0; g < G; ++g) {
+      std::fill(w[g], w[g] + kLanes, T(0));
+      std::fill(r[g], r[g] + kLanes, T(0));
+    }
     for (int g = 0; g < GB; ++g) std::fill(bb[g], bb[g] + kLanes, T(0));
     for (int s = 0; s < NS; ++s) std::fill(p[s], p[s] + kLanes, T(0));
   }
@@ -182,9 +186,13 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
   std::vector<Packed<T>> P(static_cast<size_t>(NH));
 #pragma omp parallel for schedule(static) if (NH > 1 && G * N * DH > (1 << 16))
   for (int64_t n = 0; n < NH; ++n) {
+    // column c = g * DHp + j is row (g, n, j) of R (contiguous in k); the pointers are computed
+    // once per column, not per element (no divisions in the packing loop)
+    std::vector<const S*> col(static_cast<size_t>(G * DHp), nullptr);
+    for (int g = 0; g < G; ++g)
+      for (int64_t j = 0; j < DH; ++j) col[g * DHp + j] = a.R + ((g * NH + n) * DH + j) * DH;
     P[n].pack(DH, G * DHp, [&](int64_t k, int64_t c) {
-      const int64_t g = c / DHp, j = c % DHp;
-      return j < DH ? Io<S>::load(a.R[((g * NH + n) * DH + j) * DH + k]) : T(0);
+      return col[c] ? Io<S>::load(col[c][k]) : T(0);
     });
   }
   std::vector<T> bias(static_cast<size_t>(GB * N));
@@ -229,7 +237,8 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
         for (int64_t b0 = 0; b0 < B; b0 += kRows) {
           const int64_t rows = std::min(kRows, B - b0);
           bool active[kRows];
-          for (int64_t i = 0; i < rows; ++i) active[i] = a.lengths == nullptr || t < a.lengths[b0 + i];
+          for (int64_t i = 0; i < rows; ++i)
+            active[i] = a.lengths == nullptr || t < a.lengths[b0 + i];
           const int64_t bn = b0 * NH + n;
           FwdBlock<S, T> k{};
           k.wx = a.Wx + ((b0 * Tn + t) * G * NH + n) * DH + j0;
@@ -286,13 +295,17 @@ struct BwdBlock {
 
 // The pointwise backward of rows x nu units (locals and NU as in cell_forward_block).
 template <typename S, typename T, typename C, int NU>
-FP_CELL_SCHED FP_CPU_CLONES void cell_backward_block(const BwdBlock<S, T>& k, int64_t rows, int64_t nu_) {
+FP_CELL_SCHED FP_CPU_CLONES void cell_backward_block(const BwdBlock<S, T>& k, int64_t rows,
+                                                     int64_t nu_) {
   constexpr int GB = C::GB, NS = C::S;
   const int64_t nu = NU > 0 ? NU : nu_;
   T pre[GB][kLanes], p[NS][kLanes], dn[NS][kLanes], dp[NS][kLanes], dpre[GB][kLanes];
   if (NU == 0) {
     for (int g = 0; g < GB; ++g) std::fill(pre[g], pre[g] + kLanes, T(0));
-    for (int s = 0; s < NS; ++s) std::fill(p[s], p[s] + kLanes, T(0)), std::fill(dn[s], dn[s] + kLanes, T(0));
+    for (int s = 0; s < NS; ++s) {
+      std::fill(p[s], p[s] + kLanes, T(0));
+      std::fill(dn[s], dn[s] + kLanes, T(0));
+    }
   }
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t o = i * kU;
@@ -364,9 +377,10 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
   std::vector<Packed<T>> P(static_cast<size_t>(NH));
 #pragma omp parallel for schedule(static) if (NH > 1 && G * N * DH > (1 << 16))
   for (int64_t n = 0; n < NH; ++n) {
-    P[n].pack(GD, DH, [&](int64_t c, int64_t k) {
-      return Io<S>::load(a.R[(((c / DH) * NH + n) * DH + c % DH) * DH + k]);
-    });
+    std::vector<const S*> row(static_cast<size_t>(GD));  // row c = g * DH + j of B: R[g, n, j, :]
+    for (int g = 0; g < G; ++g)
+      for (int64_t j = 0; j < DH; ++j) row[g * DH + j] = a.R + ((g * NH + n) * DH + j) * DH;
+    P[n].pack(GD, DH, [&](int64_t c, int64_t k) { return Io<S>::load(row[c][k]); });
   }
   // dS: gradient of the states entering the current step (walking backwards)
   std::vector<T> db(static_cast<size_t>(GB * N), T(0));  // [GB][NH][DH] sums of d pre
@@ -402,7 +416,8 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
         for (int64_t b0 = 0; b0 < B; b0 += kRows) {
           const int64_t rows = std::min(kRows, B - b0);
           bool active[kRows];
-          for (int64_t i = 0; i < rows; ++i) active[i] = a.lengths == nullptr || t < a.lengths[b0 + i];
+          for (int64_t i = 0; i < rows; ++i)
+            active[i] = a.lengths == nullptr || t < a.lengths[b0 + i];
           const int64_t bn = b0 * NH + n;
           BwdBlock<S, T> k{};
           k.pre = a.cache + ((t * B + b0) * NH + n) * GBD + j0;

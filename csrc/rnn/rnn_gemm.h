@@ -4,8 +4,9 @@
 // the whole recurrent matrix (up to MBs) while M is only the batch (the packing then dominates).
 // The micro-kernel keeps an MR x kNR block of C in registers (MR = 6: 12 AVX2 registers) and runs
 // K rank-1 updates; callers run it one panel (kNR columns) at a time, so they can consume a
-// block of C (e.g. the cell on those hidden units) while it is still in L1. Two builds: float with AVX2+FMA intrinsics (chosen at run time when the CPU has
-// them) and a portable one (double, other CPUs).
+// block of C (e.g. the cell on those hidden units) while it is still in L1. Two builds: float
+// with AVX2+FMA intrinsics (chosen at run time when the CPU has them) and a portable one
+// (double, other CPUs).
 #pragma once
 
 #include <algorithm>
