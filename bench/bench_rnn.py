@@ -23,15 +23,19 @@ Each config ``cell:NH`` splits ``--hidden`` into NH heads of DH = hidden / NH. R
 * ``flashrnn`` (NX-AI): its fused CUDA backend when the package imports and builds; otherwise the
   reason it is not available.
 
-Timings: median of --repeats after --warmup (CUDA: events on the current stream). A benchmark is
-not a test: nothing is asserted.
+Timings: median of --repeats after --warmup (CUDA: events on the current stream). On the CPU the
+implementations of a config are timed in turns (round robin); on a shared CPU (other jobs
+running) ``--stat min`` and ``--clock cpu`` (process CPU time instead of wall time, only with
+``--threads 1``) give steadier numbers: time slices lost to other processes then do not count. A benchmark is not a test: nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 
 import torch
 from bench_common import device_name, time_ms
@@ -153,6 +157,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-loop", action="store_true", help="skip the plain PyTorch loop")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--stat", default="median", choices=["median", "min"],
+                    help="statistic over the repeats (CPU only for min)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="cpu: process CPU time (CPU device, --threads 1 only)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -162,7 +170,32 @@ def main(argv=None) -> int:
     B, T, H = args.B, args.T, args.hidden
     x = torch.randn(B, T, H, device=device, dtype=dtype)
     rows = []
-    tm = lambda fn: time_ms(fn, device, args.warmup, args.repeats)
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        ap.error("--clock cpu needs the CPU and --threads 1 (process CPU time sums over threads)")
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    stat = min if args.stat == "min" else statistics.median
+
+    def measure(fns):
+        """Milliseconds of each fn. On the CPU the fns of a config are timed in turns (round
+        robin), so that load from other processes shifts every implementation alike."""
+        if device.type != "cpu":
+            return [time_ms(f, device, args.warmup, args.repeats) for f in fns]
+        for f in fns:
+            for _ in range(args.warmup):
+                f()
+        samples = [[] for _ in fns]
+        for _ in range(args.repeats):
+            for i, f in enumerate(fns):
+                t0 = clock()
+                f()
+                samples[i].append((clock() - t0) * 1e3)
+        return [stat(v) for v in samples]
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+        return run
 
     def add(config, impl, fwd, fwdbwd, note=""):
         rows.append({"config": config, "impl": impl, "fwd_ms": fwd, "fwdbwd_ms": fwdbwd,
@@ -172,7 +205,8 @@ def main(argv=None) -> int:
         print(f"{config:>14} | {impl:<34} | {f:>9} | {fb:>9} | {note}", flush=True)
 
     print(f"rnn benchmark on {device_name(device)}: B={B} T={T} hidden={H} dtype={args.dtype} "
-          f"threads={torch.get_num_threads()} fastpaper {fastpaper.__version__}")
+          f"threads={torch.get_num_threads()} fastpaper {fastpaper.__version__} "
+          f"({args.stat} of {args.repeats}, {args.clock} clock)")
     print(f"{'config':>14} | {'implementation':<34} | {'fwd ms':>9} | {'fwd+bwd':>9} | note")
 
     def fwd_bwd(module):
@@ -196,34 +230,32 @@ def main(argv=None) -> int:
             if args.op_only:
                 continue
         mod = MODULES[cell](H, H, num_heads=NH).to(device=device, dtype=dtype)
-        with torch.no_grad():
-            f = tm(lambda: mod(x))
-        add(config, f"fastpaper.nn.{type(mod).__name__}", f, tm(fwd_bwd(mod)))
+        jobs = [(f"fastpaper.nn.{type(mod).__name__}", no_grad(lambda: mod(x)), fwd_bwd(mod))]
         G, GB, S = rnn.cell_dims(cell)
         Wx = torch.randn(B, T, G, NH, DH, device=device, dtype=dtype)
         R = (torch.randn(G, NH, DH, DH, device=device) / DH ** 0.5).to(dtype)
         b = torch.zeros(GB, NH, DH, device=device, dtype=dtype)
-        with torch.no_grad():
-            f = tm(lambda: rnn.flashrnn(Wx, R, b, cell=cell))
         ins = [t.detach().requires_grad_() for t in (Wx, R, b)]
 
         def op_fb():
             rnn.flashrnn(*ins, cell=cell)[0].float().sum().backward()
-        add(config, "fastpaper.rnn.flashrnn (op)", f, tm(op_fb))
+        jobs.append(("fastpaper.rnn.flashrnn (op)",
+                     no_grad(lambda: rnn.flashrnn(Wx, R, b, cell=cell)), op_fb))
         if cell in TORCH and NH == 1:
             dtypes = [dtype] if device.type == "cpu" else sorted({torch.float16, dtype}, key=str)
             for dt in dtypes:
                 ref = TORCH[cell](H, H, batch_first=True).to(device=device, dtype=dt)
                 xd = x.to(dt)
-                with torch.no_grad():
-                    f = tm(lambda: ref(xd))
                 xr = xd.detach().requires_grad_()
 
-                def ref_fb():
+                def ref_fb(ref=ref, xr=xr):
                     ref(xr)[0].float().sum().backward()
                 backend = "cuDNN" if device.type == "cuda" else "CPU"
-                add(config, f"torch.nn.{TORCH[cell].__name__} ({backend}, {str(dt)[6:]})", f,
-                    tm(ref_fb))
+                jobs.append((f"torch.nn.{TORCH[cell].__name__} ({backend}, {str(dt)[6:]})",
+                             no_grad(lambda ref=ref, xd=xd: ref(xd)), ref_fb))
+        times = measure([f for job in jobs for f in job[1:]])
+        for i, (impl, _, _) in enumerate(jobs):
+            add(config, impl, times[2 * i], times[2 * i + 1])
         if not args.no_loop:
             with torch.no_grad():
                 f = time_ms(lambda: plain_loop(cell, Wx, R, b), device, 1, max(1, args.repeats // 2))
@@ -235,12 +267,13 @@ def main(argv=None) -> int:
         if fn is None:
             add(config, "flashrnn (NX-AI)", None, None, note)
         else:
-            with torch.no_grad():
-                add(config, "flashrnn (NX-AI, cuda_fused)", tm(fn), None, "fwd only")
+            add(config, "flashrnn (NX-AI, cuda_fused)", measure([no_grad(fn)])[0], None,
+                "fwd only")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": device_name(device), "B": B, "T": T, "hidden": H,
-                       "dtype": args.dtype, "threads": torch.get_num_threads(), "rows": rows},
+                       "dtype": args.dtype, "threads": torch.get_num_threads(), "stat": args.stat,
+                       "clock": args.clock, "rows": rows},
                       fh, indent=1)
     return 0
 

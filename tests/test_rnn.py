@@ -123,6 +123,36 @@ def test_gradients_deterministic():
         assert torch.equal(g1, g2)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_thread_count_invariant(cell):
+    """Large enough for the threaded CPU path (>= 2^20 flops per step: hidden units split across
+    threads, one barrier per step), with partial unit blocks (DH = 16 k + 8), heads and lengths:
+    1 and 2 threads give bitwise equal outputs and gradients, close to the float64 reference."""
+    B, T, NH, DH = (16, 5, 2, 136) if cell == "elman" else (16, 5, 3, 72)
+    Wx, R, b, st = random_inputs(cell, B, T, NH, DH, dtype=torch.float32, seed=21)
+    lengths = torch.tensor([5, 3, 0, 4] * 4)
+
+    def run():
+        ins = [t.clone().requires_grad_() for t in (Wx, R, b, st)]
+        h, last = rnn.flashrnn(*ins, cell=cell, lengths=lengths)
+        (h.sum() + (last * 0.5).sum()).backward()
+        return [h.detach(), last.detach()] + [i.grad for i in ins]
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(2)
+        two = run()
+    finally:
+        torch.set_num_threads(threads)
+    for x, y in zip(one, two):
+        assert torch.equal(x, y)
+    want_h, _ = flashrnn_reference(*(t.double() for t in (Wx, R, b, st)), cell=cell,
+                                   lengths=lengths)
+    _check_close(one[0], want_h, torch.float32)
+
+
 def test_no_grad_saves_nothing_and_matches():
     Wx, R, b, st = random_inputs("lstm", 2, 4, 1, 8, seed=4)
     with torch.no_grad():

@@ -1,17 +1,22 @@
 // CPU kernels of the multi-head recurrent cells (fastpaper/rnn.h), forward and backward.
 //
-// Forward, per time step t:
-//   1. rec = h_{t-1} R^T for every head: one single-threaded OpenBLAS GEMM per (head, column
-//      slice) task, [B x DH] x [DH x G*DH] with R repacked once per call to [NH][G*DH][DH] (the
-//      gate blocks of a head side by side), run as an OpenMP loop over the tasks so that one head
-//      (NH = 1) still uses every thread; the batch is the GEMM's M dimension.
-//   2. the pointwise cell (fastpaper/detail/rnn_cells.h) over batch x heads in an OpenMP loop,
-//      reading Wx in storage precision and writing h_all, the next states and the pre-activations.
+// Work split: the hidden units of every head are cut into blocks of kU = 16 units; a task is one
+// (head, unit block), and each thread owns a fixed contiguous range of tasks for the whole
+// sequence, so one barrier per time step is the only synchronization.
+// Forward, per time step t and task (n, u):
+//   1. rec = h_{t-1} R^T restricted to the task's units, for all G gates: one packed panel per
+//      gate (R repacked once per call so that panel g * UB + u holds gate g of unit block u), run
+//      by the register-blocked micro-kernel of rnn_gemm.h with the batch as its M dimension;
+//   2. right away, while rec (B x G x 16) is still in L1, the pointwise cell
+//      (fastpaper/detail/rnn_cells.h) on those units, reading Wx in storage precision and writing
+//      h_all, the next states and the pre-activations; then the barrier (h_t is complete).
 // States stay in the compute type (float or double) between steps; only h_all/last are rounded.
-// Backward walks time in reverse: the pointwise backward gives d pre_t (kept in `work`), then
-// dh_{t-1} += d pre_t[:, :G] R per head (GEMM). Afterwards dR_n = sum_{t,b} d pre^T h_{t-1} is one
-// GEMM per head over all B*T rows (hist stores h_{t-1} with a uniform row stride), and db a
-// fixed-order sum per (gate, head, unit): deterministic for any thread count.
+// Backward walks time in reverse with the same tasks: per step t, first dh_t += d pre_{t+1} R for
+// the task's units (a panel of R^T over all G*DH gate rows), then the pointwise backward of step t
+// for those units gives d pre_t (kept in `work`, also written to dWx and added to the db sums
+// while in L1); then the barrier. Afterwards dR_n = sum_{t,b} d pre^T h_{t-1} is one GEMM per
+// head over all B*T rows (hist stores h_{t-1} with a uniform row stride). Deterministic for any
+// thread count: every value is computed by one thread in a fixed order (db: t descending, then b).
 
 #include <algorithm>
 #include <vector>
@@ -42,64 +47,152 @@ int max_threads() {
 }
 
 #define FP_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+// The cell loops: one vector iteration of a cell is a long dependent chain (two exp/tanh levels,
+// divisions) of ~230 instructions, more than the out-of-order window overlaps across iterations.
+// Unrolled twice and with GCC's pre-register-allocation scheduler (off by default on x86), the
+// instructions of two independent iterations are interleaved; pure scheduling: same operations,
+// same results.
+#define FP_CELL_SCHED __attribute__((optimize("schedule-insns", "sched-pressure")))
 
-// The pointwise forward of one (batch, head) row of DH units, in chunks of kChunk units copied to
-// local arrays: the compute loop then touches only locals, which the compiler can vectorize
-// without runtime alias checks between the many state/gate pointers.
-constexpr int64_t kChunk = 64;
+int thread_id() {
+#if defined(_OPENMP)
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
 
-template <typename S, typename T, typename C>
-FP_CPU_CLONES void cell_forward_row(int64_t DH, int64_t N, const S* wx, const T* rec,
-                                    const T* bias, T* const* prev, T* const* next, T* cache,
-                                    S* out) {
+int thread_count() {
+#if defined(_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+// Hidden units per task: one packed panel (kNR columns) of one gate.
+constexpr int64_t kU = kNR;
+
+// The pointwise cell runs on blocks of up to kRows batch rows x kU units at once: the loop over
+// those kRows * kU independent lanes gives the out-of-order core several vectors of work at a
+// time, where one row (2 vectors) would leave it waiting on the latency of the exp/tanh chains.
+constexpr int64_t kRows = 8, kLanes = kRows * kU;
+
+// One task's rows for the cell forward: pointers to row 0 and element strides between rows (rs)
+// and gates (gs).
+template <typename S, typename T>
+struct FwdBlock {
+  const S* wx;
+  int64_t wx_rs, wx_gs;
+  const T* rec;  // [rows][G][kU]
+  const T* bias;
+  int64_t b_gs;
+  T* prev[4];
+  T* next[4];
+  int64_t st_rs;
+  T* cache;  // nullable
+  int64_t cache_rs, cache_gs;
+  S* out;
+  int64_t out_rs;
+  const bool* active;  // per row: false past the sequence's end (frozen states, zero output)
+};
+
+// The pointwise forward of rows x nu units (nu <= kU), through local arrays: the compute loop
+// then touches only locals, which the compiler vectorizes without runtime alias checks between
+// the many state/gate pointers. NU > 0: nu == NU, compile-time trip counts for the copies (they
+// stay vector moves instead of becoming memcpy calls); NU = 0: a partial block.
+template <typename S, typename T, typename C, int NU>
+FP_CELL_SCHED FP_CPU_CLONES void cell_forward_block(const FwdBlock<S, T>& k, int64_t rows,
+                                                    int64_t nu_) {
   constexpr int G = C::G, GB = C::GB, NS = C::S;
-  for (int64_t j0 = 0; j0 < DH; j0 += kChunk) {
-    const int64_t n = std::min(kChunk, DH - j0);
-    T w[G][kChunk], r[G][kChunk], bb[GB][kChunk], p[NS][kChunk], pre[GB][kChunk], nx[NS][kChunk];
+  const int64_t nu = NU > 0 ? NU : nu_;
+  T w[G][kLanes], r[G][kLanes], bb[GB][kLanes], p[NS][kLanes], pre[GB][kLanes], nx[NS][kLanes];
+  if (NU == 0) {  // lanes past nu: defined inputs (their results are not stored)
+    for (int g = 0; g < G; ++g) {
+      std::fill(w[g], w[g] + kLanes, T(0));
+      std::fill(r[g], r[g] + kLanes, T(0));
+    }
+    for (int g = 0; g < GB; ++g) std::fill(bb[g], bb[g] + kLanes, T(0));
+    for (int s = 0; s < NS; ++s) std::fill(p[s], p[s] + kLanes, T(0));
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t o = i * kU;
     for (int g = 0; g < G; ++g)
-      for (int64_t j = 0; j < n; ++j) {
-        w[g][j] = Io<S>::load(wx[g * N + j0 + j]);
-        r[g][j] = rec[g * DH + j0 + j];
+      for (int64_t j = 0; j < nu; ++j) {
+        w[g][o + j] = Io<S>::load(k.wx[i * k.wx_rs + g * k.wx_gs + j]);
+        r[g][o + j] = k.rec[(i * G + g) * kU + j];
       }
     for (int g = 0; g < GB; ++g)
-      for (int64_t j = 0; j < n; ++j) bb[g][j] = bias[g * N + j0 + j];
+      for (int64_t j = 0; j < nu; ++j) bb[g][o + j] = k.bias[g * k.b_gs + j];
     for (int s = 0; s < NS; ++s)
-      for (int64_t j = 0; j < n; ++j) p[s][j] = prev[s][j0 + j];
-    for (int64_t j = 0; j < n; ++j) {
-      T wj[G], rj[G], bj[GB], pj[NS], prej[GB], nxj[NS];
-      for (int g = 0; g < G; ++g) {
-        wj[g] = w[g][j];
-        rj[g] = r[g][j];
+      for (int64_t j = 0; j < nu; ++j) p[s][o + j] = k.prev[s][i * k.st_rs + j];
+  }
+  const int64_t lanes = rows * kU;
+#pragma GCC unroll 2
+  for (int64_t m = 0; m < lanes; ++m) {
+    T wj[G], rj[G], bj[GB], pj[NS], prej[GB], nxj[NS];
+    for (int g = 0; g < G; ++g) {
+      wj[g] = w[g][m];
+      rj[g] = r[g][m];
+    }
+    for (int g = 0; g < GB; ++g) bj[g] = bb[g][m];
+    for (int s = 0; s < NS; ++s) pj[s] = p[s][m];
+    C::preact(wj, rj, bj, prej);
+    C::forward(prej, pj, nxj);
+    for (int g = 0; g < GB; ++g) pre[g][m] = prej[g];
+    for (int s = 0; s < NS; ++s) nx[s][m] = nxj[s];
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t o = i * kU;
+    S* out = k.out + i * k.out_rs;
+    if (k.active[i]) {
+      for (int s = 0; s < NS; ++s) {
+        T* dst = k.next[s] + i * k.st_rs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = nx[s][o + j];
       }
-      for (int g = 0; g < GB; ++g) bj[g] = bb[g][j];
-      for (int s = 0; s < NS; ++s) pj[s] = p[s][j];
-      C::preact(wj, rj, bj, prej);
-      C::forward(prej, pj, nxj);
-      for (int g = 0; g < GB; ++g) pre[g][j] = prej[g];
-      for (int s = 0; s < NS; ++s) nx[s][j] = nxj[s];
+      if (k.cache) {
+        for (int g = 0; g < GB; ++g) {
+          T* dst = k.cache + i * k.cache_rs + g * k.cache_gs;
+          for (int64_t j = 0; j < nu; ++j) dst[j] = pre[g][o + j];
+        }
+      }
+      for (int64_t j = 0; j < nu; ++j) out[j] = Io<S>::store(nx[0][o + j]);
+    } else {  // past the end: frozen states, zero output
+      for (int s = 0; s < NS; ++s) {
+        T* dst = k.next[s] + i * k.st_rs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = p[s][o + j];
+      }
+      if (k.cache) {
+        for (int g = 0; g < GB; ++g)
+          std::fill_n(k.cache + i * k.cache_rs + g * k.cache_gs, nu, T(0));
+      }
+      for (int64_t j = 0; j < nu; ++j) out[j] = Io<S>::store(T(0));
     }
-    for (int s = 0; s < NS; ++s)
-      for (int64_t j = 0; j < n; ++j) next[s][j0 + j] = nx[s][j];
-    if (cache) {
-      for (int g = 0; g < GB; ++g)
-        for (int64_t j = 0; j < n; ++j) cache[g * DH + j0 + j] = pre[g][j];
-    }
-    for (int64_t j = 0; j < n; ++j) out[j0 + j] = Io<S>::store(nx[0][j]);
   }
 }
+
+// Below ~1 MFLOP per step the barrier per step costs more than a second thread saves.
+inline bool worth_threads(int64_t flops_per_step) { return flops_per_step >= (int64_t(1) << 20); }
 
 template <typename S, typename T, template <class> class CellT>
 void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
   using C = CellT<T>;
   constexpr int G = C::G, GB = C::GB, NS = C::S;
   const int64_t B = sh.batch, Tn = sh.time, NH = sh.heads, DH = sh.head_dim;
-  const int64_t N = NH * DH, BN = B * N, GD = G * DH;
-  // per head: B(k, g * DH + j) = R[g, n, j, k], so rec = h_n B
+  const int64_t N = NH * DH, BN = B * N;
+  const int64_t UB = (DH + kU - 1) / kU, DHp = UB * kU;  // unit blocks per head, padded DH
+  // per head: B(k, g * DHp + j) = R[g, n, j, k] (0 for j >= DH), so panel g * UB + u of
+  // h_n B holds gate g of unit block u
   std::vector<Packed<T>> P(static_cast<size_t>(NH));
 #pragma omp parallel for schedule(static) if (NH > 1 && G * N * DH > (1 << 16))
   for (int64_t n = 0; n < NH; ++n) {
-    P[n].pack(DH, GD, [&](int64_t k, int64_t c) {
-      return Io<S>::load(a.R[(((c / DH) * NH + n) * DH + c % DH) * DH + k]);
+    // column c = g * DHp + j is row (g, n, j) of R (contiguous in k); the pointers are computed
+    // once per column, not per element (no divisions in the packing loop)
+    std::vector<const S*> col(static_cast<size_t>(G * DHp), nullptr);
+    for (int g = 0; g < G; ++g)
+      for (int64_t j = 0; j < DH; ++j) col[g * DHp + j] = a.R + ((g * NH + n) * DH + j) * DH;
+    P[n].pack(DH, G * DHp, [&](int64_t k, int64_t c) {
+      return col[c] ? Io<S>::load(col[c][k]) : T(0);
     });
   }
   std::vector<T> bias(static_cast<size_t>(GB * N));
@@ -113,40 +206,66 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
     T* st = state(s, 0);
     for (int64_t i = 0; i < BN; ++i) st[i] = a.states0 ? Io<S>::load(a.states0[s * BN + i]) : T(0);
   }
-  std::vector<T> rec(static_cast<size_t>(B * NH * GD));
-  const int64_t panels = P[0].panels;
-  // one parallel region for the whole sequence: two work-shared loops (with their barriers) per
-  // step instead of a fork/join per step
-// below ~1 MFLOP per step the two barriers per step cost more than the second thread saves
-#pragma omp parallel if (B * NH * GD * DH >= (1 << 19))
-  for (int64_t t = 0; t < Tn; ++t) {
-    const T* h = state(0, t);
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < NH * panels; ++task) {
-      const int64_t n = task / panels, p = task % panels;
-      packed_gemm(h + n * DH, N, B, P[n], p, p + 1, rec.data() + n * GD, NH * GD, false);
-    }
-#pragma omp for schedule(static)
-    for (int64_t bn = 0; bn < B * NH; ++bn) {
-      const int64_t b = bn / NH, n = bn % NH;
-      const bool active = a.lengths == nullptr || t < a.lengths[b];
-      S* out = a.h_all + ((b * Tn + t) * NH + n) * DH;
-      T* cache = a.cache ? a.cache + ((t * B + b) * NH + n) * GB * DH : nullptr;
-      T* prev[NS];
-      T* next[NS];
-      for (int s = 0; s < NS; ++s) {
-        prev[s] = state(s, t) + bn * DH;
-        next[s] = state(s, t + 1) + bn * DH;
+  const int64_t tasks = NH * UB;
+  // One parallel region for the whole sequence. A thread writes only its own units of the next
+  // states and reads h_{t-1} whole, so one barrier per step suffices (also with the ring: slot
+  // t + 1 was last read in step t - 1, which every thread has left at the barrier).
+#pragma omp parallel if (tasks > 1 && worth_threads(2 * B * G * N * DH))
+  {
+    const int tid = thread_id(), nt = thread_count();
+    const int64_t task0 = tasks * tid / nt, task1 = tasks * (tid + 1) / nt;
+    std::vector<T> rec(static_cast<size_t>(B * G * kU));  // [B][G][kU]: one task's h R^T
+    for (int64_t t = 0; t < Tn; ++t) {
+      const T* h = state(0, t);
+      for (int64_t task = task0; task < task1; ++task) {
+        const int64_t n = task / UB, u = task % UB, j0 = u * kU;
+        const int64_t nu = std::min(kU, DH - j0);
+        // This step's rows of these units that the cell reads or writes: B * G lines of Wx
+        // 4 KiB .. 1 MiB apart and B of h_all (strides the hardware prefetcher does not follow),
+        // requested now so that they arrive while the GEMM below runs.
+        for (int64_t b = 0; b < B; ++b) {
+          for (int g = 0; g < G; ++g)
+            __builtin_prefetch(a.Wx + ((b * Tn + t) * G + g) * N + n * DH + j0);
+          __builtin_prefetch(a.h_all + (b * Tn + t) * N + n * DH + j0, 1);
+          if (a.cache) {
+            for (int g = 0; g < GB; ++g)
+              __builtin_prefetch(a.cache + (((t * B + b) * NH + n) * GB + g) * DH + j0, 1);
+          }
+        }
+        for (int g = 0; g < G; ++g)
+          panel_gemm(h + n * DH, N, B, P[n], g * UB + u, rec.data() + g * kU, G * kU, false);
+        for (int64_t b0 = 0; b0 < B; b0 += kRows) {
+          const int64_t rows = std::min(kRows, B - b0);
+          bool active[kRows];
+          for (int64_t i = 0; i < rows; ++i)
+            active[i] = a.lengths == nullptr || t < a.lengths[b0 + i];
+          const int64_t bn = b0 * NH + n;
+          FwdBlock<S, T> k{};
+          k.wx = a.Wx + ((b0 * Tn + t) * G * NH + n) * DH + j0;
+          k.wx_rs = Tn * G * N;
+          k.wx_gs = N;
+          k.rec = rec.data() + b0 * G * kU;
+          k.bias = bias.data() + n * DH + j0;
+          k.b_gs = N;
+          for (int s = 0; s < NS; ++s) {
+            k.prev[s] = state(s, t) + bn * DH + j0;
+            k.next[s] = state(s, t + 1) + bn * DH + j0;
+          }
+          k.st_rs = N;
+          k.cache = a.cache ? a.cache + ((t * B + b0) * NH + n) * GB * DH + j0 : nullptr;
+          k.cache_rs = NH * GB * DH;
+          k.cache_gs = DH;
+          k.out = a.h_all + ((b0 * Tn + t) * NH + n) * DH + j0;
+          k.out_rs = Tn * N;
+          k.active = active;
+          if (nu == kU) {
+            cell_forward_block<S, T, C, kU>(k, rows, nu);
+          } else {
+            cell_forward_block<S, T, C, 0>(k, rows, nu);
+          }
+        }
       }
-      if (active) {
-        cell_forward_row<S, T, C>(DH, N, a.Wx + ((b * Tn + t) * G * NH + n) * DH,
-                                  rec.data() + bn * GD, bias.data() + n * DH, prev, next, cache,
-                                  out);
-      } else {  // past the end: frozen states, zero output
-        for (int s = 0; s < NS; ++s) std::copy(prev[s], prev[s] + DH, next[s]);
-        if (cache) std::fill(cache, cache + GB * DH, T(0));
-        for (int64_t j = 0; j < DH; ++j) out[j] = Io<S>::store(T(0));
-      }
+#pragma omp barrier
     }
   }
   for (int s = 0; s < NS; ++s) {
@@ -155,39 +274,94 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
   }
 }
 
-// The pointwise backward of one (batch, head) row (chunked like cell_forward_row).
-template <typename S, typename T, typename C>
-FP_CPU_CLONES void cell_backward_row(int64_t DH, const T* pre_in, T* const* prev, T* const* dS,
-                                     const S* dh, T* w) {
+// One task's rows for the cell backward (strides as in FwdBlock; pre and w share gate stride gs).
+template <typename S, typename T>
+struct BwdBlock {
+  const T* pre;
+  int64_t pre_rs, gs;
+  const T* prev[4];
+  T* dS[4];
+  int64_t st_rs;
+  const S* dh;  // nullable
+  int64_t dh_rs;
+  T* w;
+  int64_t w_rs;
+  S* dwx;  // dWx rows (gate g <- pre row wx_row(g))
+  int64_t dwx_rs, dwx_gs;
+  T* db;  // running sums of d pre rows b_row(gb), gate stride db_gs
+  int64_t db_gs;
+  const bool* active;  // per row: false past the end (no gate gradient, states pass through)
+};
+
+// The pointwise backward of rows x nu units (locals and NU as in cell_forward_block).
+template <typename S, typename T, typename C, int NU>
+FP_CELL_SCHED FP_CPU_CLONES void cell_backward_block(const BwdBlock<S, T>& k, int64_t rows,
+                                                     int64_t nu_) {
   constexpr int GB = C::GB, NS = C::S;
-  for (int64_t j0 = 0; j0 < DH; j0 += kChunk) {
-    const int64_t n = std::min(kChunk, DH - j0);
-    T pre[GB][kChunk], p[NS][kChunk], dn[NS][kChunk], dp[NS][kChunk], dpre[GB][kChunk];
-    for (int g = 0; g < GB; ++g)
-      for (int64_t j = 0; j < n; ++j) pre[g][j] = pre_in[g * DH + j0 + j];
-    for (int s = 0; s < NS; ++s)
-      for (int64_t j = 0; j < n; ++j) {
-        p[s][j] = prev[s][j0 + j];
-        dn[s][j] = dS[s][j0 + j];
-      }
-    if (dh) {
-      for (int64_t j = 0; j < n; ++j) dn[0][j] += Io<S>::load(dh[j0 + j]);
+  const int64_t nu = NU > 0 ? NU : nu_;
+  T pre[GB][kLanes], p[NS][kLanes], dn[NS][kLanes], dp[NS][kLanes], dpre[GB][kLanes];
+  if (NU == 0) {
+    for (int g = 0; g < GB; ++g) std::fill(pre[g], pre[g] + kLanes, T(0));
+    for (int s = 0; s < NS; ++s) {
+      std::fill(p[s], p[s] + kLanes, T(0));
+      std::fill(dn[s], dn[s] + kLanes, T(0));
     }
-    for (int64_t j = 0; j < n; ++j) {
-      T prej[GB], pj[NS], dnj[NS], dpj[NS], dprej[GB];
-      for (int g = 0; g < GB; ++g) prej[g] = pre[g][j];
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t o = i * kU;
+    for (int g = 0; g < GB; ++g)
+      for (int64_t j = 0; j < nu; ++j) pre[g][o + j] = k.pre[i * k.pre_rs + g * k.gs + j];
+    for (int s = 0; s < NS; ++s)
+      for (int64_t j = 0; j < nu; ++j) {
+        p[s][o + j] = k.prev[s][i * k.st_rs + j];
+        dn[s][o + j] = k.dS[s][i * k.st_rs + j];
+      }
+    if (k.dh) {
+      for (int64_t j = 0; j < nu; ++j) dn[0][o + j] += Io<S>::load(k.dh[i * k.dh_rs + j]);
+    }
+  }
+  const int64_t lanes = rows * kU;
+#pragma GCC unroll 2
+  for (int64_t m = 0; m < lanes; ++m) {
+    T prej[GB], pj[NS], dnj[NS], dpj[NS], dprej[GB];
+    for (int g = 0; g < GB; ++g) prej[g] = pre[g][m];
+    for (int s = 0; s < NS; ++s) {
+      pj[s] = p[s][m];
+      dnj[s] = dn[s][m];
+    }
+    C::backward(prej, pj, dnj, dpj, dprej);
+    for (int s = 0; s < NS; ++s) dp[s][m] = dpj[s];
+    for (int g = 0; g < GB; ++g) dpre[g][m] = dprej[g];
+  }
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t o = i * kU;
+    if (k.active[i]) {
       for (int s = 0; s < NS; ++s) {
-        pj[s] = p[s][j];
-        dnj[s] = dn[s][j];
+        T* dst = k.dS[s] + i * k.st_rs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = dp[s][o + j];
       }
-      C::backward(prej, pj, dnj, dpj, dprej);
-      for (int s = 0; s < NS; ++s) dp[s][j] = dpj[s];
-      for (int g = 0; g < GB; ++g) dpre[g][j] = dprej[g];
+      for (int g = 0; g < GB; ++g) {
+        T* dst = k.w + i * k.w_rs + g * k.gs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = dpre[g][o + j];
+      }
+      for (int g = 0; g < C::G; ++g) {
+        S* dst = k.dwx + i * k.dwx_rs + g * k.dwx_gs;
+        const T* src = dpre[C::wx_row(g)] + o;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = Io<S>::store(src[j]);
+      }
+      // db: rows in a fixed order (t descending, then b), whatever the thread count
+      for (int g = 0; g < GB; ++g) {
+        T* acc = k.db + g * k.db_gs;
+        const T* src = dpre[C::b_row(g)] + o;
+        for (int64_t j = 0; j < nu; ++j) acc[j] += src[j];
+      }
+    } else {  // past the end: no gate gradient, the state gradients pass through
+      for (int g = 0; g < GB; ++g) std::fill_n(k.w + i * k.w_rs + g * k.gs, nu, T(0));
+      for (int g = 0; g < C::G; ++g) {
+        S* dst = k.dwx + i * k.dwx_rs + g * k.dwx_gs;
+        for (int64_t j = 0; j < nu; ++j) dst[j] = Io<S>::store(T(0));
+      }
     }
-    for (int s = 0; s < NS; ++s)
-      for (int64_t j = 0; j < n; ++j) dS[s][j0 + j] = dp[s][j];
-    for (int g = 0; g < GB; ++g)
-      for (int64_t j = 0; j < n; ++j) w[g * DH + j0 + j] = dpre[g][j];
   }
 }
 
@@ -198,46 +372,87 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
   const int64_t B = sh.batch, Tn = sh.time, NH = sh.heads, DH = sh.head_dim;
   const int64_t N = NH * DH, BN = B * N, GD = G * DH, GBD = GB * DH;
   single_threaded_blas();
-  // per head: B(g * DH + j, k) = R[g, n, j, k], so dh_prev += d pre_n[:, :G*DH] B
+  // per head: B(g * DH + j, k) = R[g, n, j, k], so dh_prev += d pre_n[:, :G*DH] B; panel u is
+  // unit block u of dh_prev
   std::vector<Packed<T>> P(static_cast<size_t>(NH));
 #pragma omp parallel for schedule(static) if (NH > 1 && G * N * DH > (1 << 16))
   for (int64_t n = 0; n < NH; ++n) {
-    P[n].pack(GD, DH, [&](int64_t c, int64_t k) {
-      return Io<S>::load(a.R[(((c / DH) * NH + n) * DH + c % DH) * DH + k]);
-    });
+    std::vector<const S*> row(static_cast<size_t>(GD));  // row c = g * DH + j of B: R[g, n, j, :]
+    for (int g = 0; g < G; ++g)
+      for (int64_t j = 0; j < DH; ++j) row[g * DH + j] = a.R + ((g * NH + n) * DH + j) * DH;
+    P[n].pack(GD, DH, [&](int64_t c, int64_t k) { return Io<S>::load(row[c][k]); });
   }
   // dS: gradient of the states entering the current step (walking backwards)
+  std::vector<T> db(static_cast<size_t>(GB * N), T(0));  // [GB][NH][DH] sums of d pre
   std::vector<T> dS(static_cast<size_t>(NS * BN));
   for (int64_t i = 0; i < NS * BN; ++i) dS[i] = a.dlast ? Io<S>::load(a.dlast[i]) : T(0);
-  const int64_t panels = P[0].panels;
+  const int64_t UB = (DH + kU - 1) / kU, tasks = NH * UB;
   auto hist = [&](int s, int64_t t) { return a.hist + (s * (Tn + 1) + t) * BN; };
-// below ~1 MFLOP per step the two barriers per step cost more than the second thread saves
-#pragma omp parallel if (B * NH * GD * DH >= (1 << 19))
-  for (int64_t t = Tn - 1; t >= 0; --t) {
-    T* work_t = a.work + t * B * NH * GBD;
-#pragma omp for schedule(static)
-    for (int64_t bn = 0; bn < B * NH; ++bn) {
-      const int64_t b = bn / NH, n = bn % NH;
-      const bool active = a.lengths == nullptr || t < a.lengths[b];
-      T* w = work_t + bn * GBD;
-      if (!active) {  // frozen step: states pass through, no gate gradient
-        std::fill(w, w + GBD, T(0));
-        continue;
+  auto work = [&](int64_t t) { return a.work + t * B * NH * GBD; };
+  // Per step and task: dh_t += d pre_{t+1} R on the task's units (needs every unit's d pre_{t+1}:
+  // the barrier of the previous iteration), then the cell backward of step t on them.
+#pragma omp parallel if (tasks > 1 && worth_threads(2 * B * G * N * DH))
+  {
+    const int tid = thread_id(), nt = thread_count();
+    const int64_t task0 = tasks * tid / nt, task1 = tasks * (tid + 1) / nt;
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      for (int64_t task = task0; task < task1; ++task) {
+        const int64_t n = task / UB, u = task % UB, j0 = u * kU;
+        const int64_t nu = std::min(kU, DH - j0);
+        // this step's strided rows of these units (as in the forward), before the GEMM
+        for (int64_t b = 0; b < B; ++b) {
+          if (a.dh_all) __builtin_prefetch(a.dh_all + (b * Tn + t) * N + n * DH + j0);
+          for (int g = 0; g < G; ++g)
+            __builtin_prefetch(a.dWx + ((b * Tn + t) * G + g) * N + n * DH + j0, 1);
+          for (int g = 0; g < GB; ++g) {
+            __builtin_prefetch(a.cache + (((t * B + b) * NH + n) * GB + g) * DH + j0);
+            __builtin_prefetch(work(t) + ((b * NH + n) * GB + g) * DH + j0, 1);
+          }
+        }
+        if (t + 1 < Tn) {
+          panel_gemm(work(t + 1) + n * GBD, NH * GBD, B, P[n], u, dS.data() + n * DH + j0, N,
+                     true);
+        }
+        for (int64_t b0 = 0; b0 < B; b0 += kRows) {
+          const int64_t rows = std::min(kRows, B - b0);
+          bool active[kRows];
+          for (int64_t i = 0; i < rows; ++i)
+            active[i] = a.lengths == nullptr || t < a.lengths[b0 + i];
+          const int64_t bn = b0 * NH + n;
+          BwdBlock<S, T> k{};
+          k.pre = a.cache + ((t * B + b0) * NH + n) * GBD + j0;
+          k.pre_rs = NH * GBD;
+          k.gs = DH;
+          for (int s = 0; s < NS; ++s) {
+            k.prev[s] = hist(s, t) + bn * DH + j0;
+            k.dS[s] = dS.data() + s * BN + bn * DH + j0;
+          }
+          k.st_rs = N;
+          k.dh = a.dh_all ? a.dh_all + ((b0 * Tn + t) * NH + n) * DH + j0 : nullptr;
+          k.dh_rs = Tn * N;
+          k.w = work(t) + bn * GBD + j0;
+          k.w_rs = NH * GBD;
+          k.dwx = a.dWx + ((b0 * Tn + t) * G * NH + n) * DH + j0;
+          k.dwx_rs = Tn * G * N;
+          k.dwx_gs = N;
+          k.db = db.data() + n * DH + j0;
+          k.db_gs = N;
+          k.active = active;
+          if (nu == kU) {
+            cell_backward_block<S, T, C, kU>(k, rows, nu);
+          } else {
+            cell_backward_block<S, T, C, 0>(k, rows, nu);
+          }
+        }
       }
-      T* prev[NS];
-      T* ds[NS];
-      for (int s = 0; s < NS; ++s) {
-        prev[s] = const_cast<T*>(hist(s, t)) + bn * DH;
-        ds[s] = dS.data() + s * BN + bn * DH;
-      }
-      cell_backward_row<S, T, C>(DH, a.cache + ((t * B + b) * NH + n) * GBD, prev, ds,
-                                 a.dh_all ? a.dh_all + ((b * Tn + t) * NH + n) * DH : nullptr, w);
+#pragma omp barrier
     }
-    // dh_{t-1} += d pre_t[:, :G] R  (per head: [B x G*DH] x [G*DH x DH])
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < NH * panels; ++task) {
-      const int64_t n = task / panels, p = task % panels;
-      packed_gemm(work_t + n * GBD, NH * GBD, B, P[n], p, p + 1, dS.data() + n * DH, N, true);
+    // the R path of the first step into the initial h
+    if (a.dstates0 && Tn > 0) {
+      for (int64_t task = task0; task < task1; ++task) {
+        const int64_t n = task / UB, u = task % UB;
+        panel_gemm(work(0) + n * GBD, NH * GBD, B, P[n], u, dS.data() + n * DH + u * kU, N, true);
+      }
     }
   }
   if (a.dstates0) {
@@ -264,30 +479,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
     S* dst = a.dR + gn * DH * DH;
     for (int64_t i = 0; i < DH * DH; ++i) dst[i] = Io<S>::store(src[i]);
   }
-  // db: fixed-order sums over (t, b) per (gate row, head, unit)
-#pragma omp parallel for schedule(static)
-  for (int64_t gn = 0; gn < GB * NH; ++gn) {
-    const int64_t gb = gn / NH, n = gn % NH;
-    const int64_t row = C::b_row(static_cast<int>(gb));
-    std::vector<T> acc(static_cast<size_t>(DH), T(0));
-    for (int64_t tb = 0; tb < rows; ++tb) {
-      const T* w = a.work + (tb * NH + n) * GBD + row * DH;
-      for (int64_t j = 0; j < DH; ++j) acc[j] += w[j];
-    }
-    for (int64_t j = 0; j < DH; ++j) a.db[gn * DH + j] = Io<S>::store(acc[j]);
-  }
-  // dWx[b, t, g, n, :] = d pre_t[b, n, wx_row(g), :]
-#pragma omp parallel for schedule(static)
-  for (int64_t bt = 0; bt < B * Tn; ++bt) {
-    const int64_t b = bt / Tn, t = bt % Tn;
-    for (int g = 0; g < G; ++g) {
-      for (int64_t n = 0; n < NH; ++n) {
-        const T* w = a.work + ((t * B + b) * NH + n) * GBD + C::wx_row(g) * DH;
-        S* dst = a.dWx + ((bt * G + g) * NH + n) * DH;
-        for (int64_t j = 0; j < DH; ++j) dst[j] = Io<S>::store(w[j]);
-      }
-    }
-  }
+  for (int64_t i = 0; i < GB * N; ++i) a.db[i] = Io<S>::store(db[i]);
 }
 
 }  // namespace

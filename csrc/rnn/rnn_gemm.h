@@ -3,8 +3,10 @@
 // micro-kernel streams. Why not OpenBLAS here: it repacks B on every call, and per time step B is
 // the whole recurrent matrix (up to MBs) while M is only the batch (the packing then dominates).
 // The micro-kernel keeps an MR x kNR block of C in registers (MR = 6: 12 AVX2 registers) and runs
-// K rank-1 updates. Two builds: float with AVX2+FMA intrinsics (chosen at run time when the CPU has
-// them) and a portable one (double, other CPUs).
+// K rank-1 updates; callers run it one panel (kNR columns) at a time, so they can consume a
+// block of C (e.g. the cell on those hidden units) while it is still in L1. Two builds: float
+// with AVX2+FMA intrinsics (chosen at run time when the CPU has them) and a portable one
+// (double, other CPUs).
 #pragma once
 
 #include <algorithm>
@@ -41,54 +43,44 @@ struct Packed {
 #define FP_RNN_HAVE_AVX2 0
 #endif
 
-// One MR x kNR block: C[i][0 .. ncols) (+)= sum_k A[i][k] Bp[k][.].
-#define FP_RNN_MICRO(NAME, ATTR, MADD)                                                          \
-  template <int MR, typename T>                                                                 \
-  ATTR inline void NAME(const T* A, int64_t lda, const T* Bp, int64_t K, T* C, int64_t ldc,     \
-                        int ncols, bool accumulate) {                                           \
-    T c[MR][kNR];                                                                               \
-    for (int i = 0; i < MR; ++i)                                                                \
-      for (int j = 0; j < kNR; ++j) c[i][j] = T(0);                                             \
-    for (int64_t k = 0; k < K; ++k) {                                                           \
-      const T* b = Bp + k * kNR;                                                                \
-      for (int i = 0; i < MR; ++i) {                                                            \
-        const T a = A[i * lda + k];                                                             \
-        for (int j = 0; j < kNR; ++j) c[i][j] = MADD(a, b[j], c[i][j]);                         \
-      }                                                                                         \
-    }                                                                                           \
-    for (int i = 0; i < MR; ++i) {                                                              \
-      T* out = C + i * ldc;                                                                     \
-      if (accumulate) {                                                                         \
-        for (int j = 0; j < ncols; ++j) out[j] += c[i][j];                                      \
-      } else {                                                                                  \
-        for (int j = 0; j < ncols; ++j) out[j] = c[i][j];                                       \
-      }                                                                                         \
-    }                                                                                           \
-  }                                                                                             \
-  template <typename T>                                                                         \
-  ATTR void NAME##_rows(const T* A, int64_t lda, int64_t M, const Packed<T>& P, int64_t p0,     \
-                        int64_t p1, T* C, int64_t ldc, bool accumulate) {                       \
-    for (int64_t p = p0; p < p1; ++p) {                                                         \
-      const T* Bp = P.data.data() + p * P.K * kNR;                                              \
-      const int nc = static_cast<int>(std::min<int64_t>(kNR, P.N - p * kNR));                   \
-      T* Cp = C + p * kNR;                                                                      \
-      int64_t i = 0;                                                                            \
-      for (; i + 4 <= M; i += 4) NAME<4>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); \
-      switch (M - i) {                                                                          \
-        case 3: NAME<3>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;   \
-        case 2: NAME<2>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;   \
-        case 1: NAME<1>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;   \
-        default: break;                                                                         \
-      }                                                                                         \
-    }                                                                                           \
+// One MR x kNR block: C[i][0 .. ncols) (+)= sum_k A[i][k] Bp[k][.] (portable build).
+template <int MR, typename T>
+inline void micro_generic(const T* A, int64_t lda, const T* Bp, int64_t K, T* C, int64_t ldc,
+                          int ncols, bool accumulate) {
+  T c[MR][kNR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNR; ++j) c[i][j] = T(0);
+  for (int64_t k = 0; k < K; ++k) {
+    const T* b = Bp + k * kNR;
+    for (int i = 0; i < MR; ++i) {
+      const T a = A[i * lda + k];
+      for (int j = 0; j < kNR; ++j) c[i][j] = a * b[j] + c[i][j];
+    }
   }
+  for (int i = 0; i < MR; ++i) {
+    T* out = C + i * ldc;
+    for (int j = 0; j < ncols; ++j) out[j] = accumulate ? out[j] + c[i][j] : c[i][j];
+  }
+}
 
-#define FP_RNN_MULADD(a, b, c) ((a) * (b) + (c))
-FP_RNN_MICRO(micro_generic, , FP_RNN_MULADD)
-#undef FP_RNN_MICRO
+template <typename T>
+void micro_generic_panel(const T* A, int64_t lda, int64_t M, const T* Bp, int64_t K, T* C,
+                         int64_t ldc, int nc, bool accumulate) {
+  int64_t i = 0;
+  for (; i + 4 <= M; i += 4) micro_generic<4>(A + i * lda, lda, Bp, K, C + i * ldc, ldc, nc, accumulate);
+  switch (M - i) {
+    case 3: micro_generic<3>(A + i * lda, lda, Bp, K, C + i * ldc, ldc, nc, accumulate); break;
+    case 2: micro_generic<2>(A + i * lda, lda, Bp, K, C + i * ldc, ldc, nc, accumulate); break;
+    case 1: micro_generic<1>(A + i * lda, lda, Bp, K, C + i * ldc, ldc, nc, accumulate); break;
+    default: break;
+  }
+}
 
 #if FP_RNN_HAVE_AVX2
-// float on AVX2 + FMA: the MR x 16 block of C lives in 2 * MR ymm registers (MR <= 6).
+// float on AVX2 + FMA: the MR x 16 block of C lives in 2 * MR ymm registers (MR <= 6), per k
+// 2 loads of B and MR broadcasts of A feed 2 * MR FMAs. Every loop over i is fully unrolled
+// (the epilogue too): an i-indexed access left in a loop would force the accumulators onto
+// the stack, which costs half the speed.
 template <int MR>
 FP_RNN_AVX2 inline void micro_avx2(const float* A, int64_t lda, const float* Bp, int64_t K,
                                    float* C, int64_t ldc, int ncols, bool accumulate) {
@@ -104,42 +96,51 @@ FP_RNN_AVX2 inline void micro_avx2(const float* A, int64_t lda, const float* Bp,
       c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
     }
   }
-  for (int i = 0; i < MR; ++i) {
-    float* out = C + i * ldc;
-    if (ncols == kNR) {
+  if (ncols == kNR) {
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      float* out = C + i * ldc;
       if (accumulate) {
         c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(out));
         c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(out + 8));
       }
       _mm256_storeu_ps(out, c0[i]);
       _mm256_storeu_ps(out + 8, c1[i]);
-    } else {
-      alignas(32) float tmp[kNR];
-      _mm256_store_ps(tmp, c0[i]);
-      _mm256_store_ps(tmp + 8, c1[i]);
-      for (int j = 0; j < ncols; ++j) out[j] = accumulate ? out[j] + tmp[j] : tmp[j];
     }
+  } else {
+    alignas(32) float tmp[MR][kNR];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      _mm256_store_ps(tmp[i], c0[i]);
+      _mm256_store_ps(tmp[i] + 8, c1[i]);
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < ncols; ++j)
+        C[i * ldc + j] = accumulate ? C[i * ldc + j] + tmp[i][j] : tmp[i][j];
   }
 }
 
-FP_RNN_AVX2 inline void micro_avx2_rows(const float* A, int64_t lda, int64_t M,
-                                        const Packed<float>& P, int64_t p0, int64_t p1, float* C,
-                                        int64_t ldc, bool accumulate) {
-  for (int64_t p = p0; p < p1; ++p) {
-    const float* Bp = P.data.data() + p * P.K * kNR;
-    const int nc = static_cast<int>(std::min<int64_t>(kNR, P.N - p * kNR));
-    float* Cp = C + p * kNR;
-    int64_t i = 0;
-    // 6 x 16 blocks (12 accumulators, 6 broadcasts + 2 loads per 12 FMAs), then the rest
-    for (; i + 6 <= M; i += 6) micro_avx2<6>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate);
-    switch (M - i) {
-      case 5: micro_avx2<5>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;
-      case 4: micro_avx2<4>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;
-      case 3: micro_avx2<3>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;
-      case 2: micro_avx2<2>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;
-      case 1: micro_avx2<1>(A + i * lda, lda, Bp, P.K, Cp + i * ldc, ldc, nc, accumulate); break;
-      default: break;
+// All M rows against one packed panel, in blocks of at most 6 rows of equal size (M = 16: 6, 5,
+// 5): a block of r rows keeps 2r independent FMA chains, and r >= 5 of them cover the FMA latency
+// (4-5 cycles at 2 FMAs per cycle) where a 4-row remainder would stall. The panel (K x 16) stays
+// in L1 across the row blocks.
+FP_RNN_AVX2 inline void micro_avx2_panel(const float* A, int64_t lda, int64_t M, const float* Bp,
+                                         int64_t K, float* C, int64_t ldc, int nc,
+                                         bool accumulate) {
+  const int64_t blocks = (M + 5) / 6;
+  for (int64_t q = 0, i = 0; q < blocks; ++q) {
+    const int64_t r = (M - i) / (blocks - q);  // rows left / blocks left: sizes differ by <= 1
+    const float* Ai = A + i * lda;
+    float* Ci = C + i * ldc;
+    switch (r) {
+      case 6: micro_avx2<6>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
+      case 5: micro_avx2<5>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
+      case 4: micro_avx2<4>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
+      case 3: micro_avx2<3>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
+      case 2: micro_avx2<2>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
+      default: micro_avx2<1>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
     }
+    i += r;
   }
 }
 #endif
@@ -153,17 +154,20 @@ inline bool cpu_has_avx2_fma() {
 #endif
 }
 
-// C[:, panels p0 .. p1) (+)= A[M x K] * packed B: A row-major with leading dimension lda,
-// C row-major with leading dimension ldc (only the N valid columns are written).
+// C[M x ncols] (+)= A[M x K] * panel p of B (its columns p * kNR ..): A row-major with leading
+// dimension lda, C row-major with leading dimension ldc; only the panel's valid columns
+// (min(kNR, N - p * kNR)) are written.
 template <typename T>
-void packed_gemm(const T* A, int64_t lda, int64_t M, const Packed<T>& P, int64_t p0, int64_t p1,
-                 T* C, int64_t ldc, bool accumulate) {
+void panel_gemm(const T* A, int64_t lda, int64_t M, const Packed<T>& P, int64_t p, T* C,
+                int64_t ldc, bool accumulate) {
+  const T* Bp = P.data.data() + p * P.K * kNR;
+  const int nc = static_cast<int>(std::min<int64_t>(kNR, P.N - p * kNR));
 #if FP_RNN_HAVE_AVX2
   if constexpr (sizeof(T) == 4) {
-    if (cpu_has_avx2_fma()) return micro_avx2_rows(A, lda, M, P, p0, p1, C, ldc, accumulate);
+    if (cpu_has_avx2_fma()) return micro_avx2_panel(A, lda, M, Bp, P.K, C, ldc, nc, accumulate);
   }
 #endif
-  micro_generic_rows(A, lda, M, P, p0, p1, C, ldc, accumulate);
+  micro_generic_panel(A, lda, M, Bp, P.K, C, ldc, nc, accumulate);
 }
 
 }  // namespace fastpaper::rnn::cpu
