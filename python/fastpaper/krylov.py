@@ -362,6 +362,23 @@ def _backend_device(A, b, x0, device):
     return torch.device(a_dev[0], a_dev[1])
 
 
+def _solver_settings(method, m, k, rtol, atol, maxiter, recycle, callback):
+    """Checked ``(m, k, maxiter)`` of a solve (C++ or torch backend); raises naming the argument."""
+    m = _check_int(m, "m", 1)
+    k = _check_int(k, "k", 0)
+    if method == "gcrodr" and k >= m:
+        raise ValueError(f"k: must be smaller than m, got k={k}, m={m}")
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(v, (int, float, np.floating)) and np.isfinite(v) and v >= 0):
+            raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
+    maxiter = 10000 if maxiter is None else _check_int(maxiter, "maxiter", 0)
+    if recycle is not None and not isinstance(recycle, RecycleSpace):
+        raise TypeError(f"recycle: expected a fastpaper.krylov.RecycleSpace, got {type(recycle).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError("callback: expected a callable f(residual_norm)")
+    return m, k, maxiter
+
+
 def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, device=None):
     dev = _backend_device(A, b, x0, device)
     if dev is not None:
@@ -379,17 +396,8 @@ def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxite
         afn = _vector_fn(afn, n, "A", dtype)
     b = _vector(b, n, "b", dtype)
     x = np.zeros(n, dtype=dtype) if x0 is None else _vector(x0, n, "x0", dtype)
-    m = _check_int(m, "m", 1)
-    k = _check_int(k, "k", 0)
-    if method == "gcrodr" and k >= m:
-        raise ValueError(f"k: must be smaller than m, got k={k}, m={m}")
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(v, (int, float, np.floating)) and np.isfinite(v) and v >= 0):
-            raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
-    maxiter = 10000 if maxiter is None else _check_int(maxiter, "maxiter", 0)
+    m, k, maxiter = _solver_settings(method, m, k, rtol, atol, maxiter, recycle, callback)
     kind, mfn = _precond_of(M, n, dtype)
-    if recycle is not None and not isinstance(recycle, RecycleSpace):
-        raise TypeError(f"recycle: expected a fastpaper.krylov.RecycleSpace, got {type(recycle).__name__}")
     if recycle is not None and recycle.dim > 0 and recycle.n != n:
         raise ValueError(f"recycle: the space holds vectors of length {recycle.n}, A is {n} x {n}")
     if recycle is not None and recycle.dim > 0 and recycle.dtype != dtype:
@@ -397,8 +405,6 @@ def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxite
                          f"{dtype} (solve systems of one scalar type with one space)")
     monitor = None
     if callback is not None:
-        if not callable(callback):
-            raise TypeError("callback: expected a callable f(residual_norm)")
         monitor = lambda it, rn: callback(rn)  # noqa: E731 - scipy's "pr_norm" convention
     # one entry per Arnoldi step, one per cycle (>= m - k - 1 steps unless it converges) and x0's
     history = np.zeros(maxiter + maxiter // max(m - k - 1, 1) + 8)
@@ -417,18 +423,7 @@ def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxite
 
 def _solve_device(method, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, device):
     """The torch backend (:mod:`fastpaper.krylov_device`) after the same argument checks."""
-    m = _check_int(m, "m", 1)
-    k = _check_int(k, "k", 0)
-    if method == "gcrodr" and k >= m:
-        raise ValueError(f"k: must be smaller than m, got k={k}, m={m}")
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(v, (int, float, np.floating)) and np.isfinite(v) and v >= 0):
-            raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
-    maxiter = 10000 if maxiter is None else _check_int(maxiter, "maxiter", 0)
-    if recycle is not None and not isinstance(recycle, RecycleSpace):
-        raise TypeError(f"recycle: expected a fastpaper.krylov.RecycleSpace, got {type(recycle).__name__}")
-    if callback is not None and not callable(callback):
-        raise TypeError("callback: expected a callable f(residual_norm)")
+    m, k, maxiter = _solver_settings(method, m, k, rtol, atol, maxiter, recycle, callback)
     from . import krylov_device
 
     return krylov_device.solve(method, A, b, x0, rtol=rtol, atol=atol, m=m, k=k, M=M,
