@@ -101,6 +101,24 @@ struct Lookback {
   int64_t chains, blocks, chunk;
 };
 
+// The affine map of this thread's chunk of steps [s0, s1) (the identity for a lane past the last
+// group or an empty chunk), stored to its shared-memory slots for the block-level combine.
+template <int K, bool Adj, typename S, typename T>
+__device__ __forceinline__ void store_chunk_map(const S* __restrict__ J, const S* r,
+                                                const ScanGeometry& sg, int64_t b, int64_t g,
+                                                int64_t s0, int64_t s1, bool active, T* sA, T* sb) {
+  T A[K * K], bv[K];
+  if (active) {
+    chunk_map<K, Adj>(J, r, sg, b, g, s0, s1, A, bv);
+  } else {
+    affine_identity<K>(A, bv);
+  }
+#pragma unroll
+  for (int e = 0; e < K * K; ++e) sA[e] = A[e];
+#pragma unroll
+  for (int i = 0; i < K; ++i) sb[i] = bv[i];
+}
+
 // Adj: the adjoint recurrence (fastpaper/pararnn.h; see pararnn_blocks.h).
 template <int K, typename S, bool Adj>
 __global__ void __launch_bounds__(kLanes * kWarps)
@@ -126,16 +144,7 @@ chain_kernel(const S* __restrict__ J, const S* r, const S* __restrict__ h0, S* h
     const int64_t s1 = s0 + geo.chunk < sg.time ? s0 + geo.chunk : sg.time;
 
     // 1. this thread's chunk map (identity for a chunk past the end)
-    T A[K * K], bv[K];
-    if (active) {
-      chunk_map<K, Adj>(J, r, sg, b, g, s0, s1, A, bv);
-    } else {
-      affine_identity<K>(A, bv);
-    }
-#pragma unroll
-    for (int e = 0; e < K * K; ++e) smA[w][lane][e] = A[e];
-#pragma unroll
-    for (int i = 0; i < K; ++i) smb[w][lane][i] = bv[i];
+    store_chunk_map<K, Adj>(J, r, sg, b, g, s0, s1, active, &smA[w][lane][0], &smb[w][lane][0]);
     __syncthreads();
 
     // 2. state entering this chunk, and the carry into the next segment
@@ -200,18 +209,7 @@ lookback_kernel(const S* __restrict__ J, const S* r, const S* __restrict__ h0, S
   const int64_t s1 = s0 + lb.chunk < sg.time ? s0 + lb.chunk : sg.time;
 
   // 1. chunk map; exclusive map of the chunks before this one in the block; block aggregate
-  {
-    T A[K * K], bv[K];
-    if (active) {
-      chunk_map<K, Adj>(J, r, sg, b, g, s0, s1, A, bv);
-    } else {
-      affine_identity<K>(A, bv);
-    }
-#pragma unroll
-    for (int e = 0; e < K * K; ++e) smA[w][lane][e] = A[e];
-#pragma unroll
-    for (int i = 0; i < K; ++i) smb[w][lane][i] = bv[i];
-  }
+  store_chunk_map<K, Adj>(J, r, sg, b, g, s0, s1, active, &smA[w][lane][0], &smb[w][lane][0]);
   __syncthreads();
   T eA[K * K], eb[K], aA[K * K], ab[K];  // exclusive map, then aggregate
   affine_identity<K>(aA, ab);

@@ -95,14 +95,7 @@ fwd_persistent(FwdArgs<S, float> a, Shape sh) {
     __syncthreads();
     // (1) rec[bb][c] = sum_k h[bb][k] R_n[c][k]
     if constexpr (std::is_same_v<S, float>) {
-      for (int64_t i = tid; i < kTile * GD; i += kThreads) {
-        const int64_t bb = i / GD, c = i % GD;
-        const float* hr = sH + bb * DH;
-        const float* rr = sR + c * DH;
-        float acc = 0.f;
-        for (int64_t k = 0; k < DH; ++k) acc = fmaf(hr[k], rr[k], acc);
-        sRec[i] = acc;
-      }
+      rec_product_fma(sH, DH, sR, DH, DH, GD, sRec);
     } else {
       using namespace nvcuda;
       using E = typename Wmma<S>::type;

@@ -28,6 +28,21 @@ template <> struct Wmma<bf16_t> { using type = __nv_bfloat16; };
 
 __host__ __device__ inline int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
+// rec[bb * cols + c] = sum_k h[bb * ldh + k] R[c * ldr + k] for the kTile batch rows of a tile and
+// `cols` output columns: the fp32 recurrent product by FMA, a thread per output (the 16-bit kernels
+// use wmma instead). h and R are in shared memory; the caller synchronizes before and after.
+__device__ inline void rec_product_fma(const float* h, int64_t ldh, const float* R, int64_t ldr,
+                                       int64_t K, int64_t cols, float* rec) {
+  for (int64_t i = threadIdx.x; i < kTile * cols; i += kThreads) {
+    const int64_t bb = i / cols, c = i % cols;
+    const float* hr = h + bb * ldh;
+    const float* rr = R + c * ldr;
+    float acc = 0.f;
+    for (int64_t k = 0; k < K; ++k) acc = fmaf(hr[k], rr[k], acc);
+    rec[i] = acc;
+  }
+}
+
 // Forward cell of unit j of head n, batch row b, step t, given its recurrent products rec[G]
 // (R_n h_{t-1}) and previous states prev[S]: writes the new states to next[S] and, where the API
 // asked for them, hist[:, t + 1], cache[t] (the pre-activations) and h_all[b, t]. wx_pre: Wx[b, t,

@@ -209,14 +209,7 @@ fwd_sliced(FwdArgs<S, float> a, Shape sh, SliceLayout L, float* hbuf) {
     __syncthreads();
     // (1) rec[q][bb][c] = sum_{k in slice q} h[bb][k] R_slice[c][k]
     if constexpr (std::is_same_v<S, float>) {
-      for (int64_t i = tid; i < kTile * GU; i += kThreads) {
-        const int64_t bb = i / GU, c = i % GU;
-        const float* hr = hcur + bb * ldh;
-        const float* rr = sR + c * ldr;
-        float acc = 0.f;
-        for (int64_t k = 0; k < DH; ++k) acc = fmaf(hr[k], rr[k], acc);
-        sRec[i] = acc;
-      }
+      rec_product_fma(hcur, ldh, sR, ldr, DH, GU, sRec);
     } else {
       using namespace nvcuda;
       using E = typename Wmma<S>::type;
