@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "fastpaper/detail/pararnn_cells.h"
+#include "fastpaper/detail/pararnn_scan.h"
 #include "pararnn/pararnn_backends.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
@@ -143,12 +144,12 @@ FP_CPU_CLONES int32_t newton_segment(const S* pre, const typename Io<S>::T (*a)[
       T* cur = it_buf + t * K * W;
       for (int64_t i = 0; i < W; ++i) {
         const T qi[3] = {q[0][i], q[1][i], q[2][i]};
-        T ai[P], si[K], f[K], J[K * K], r[K], d[K], di[K];
+        T ai[P], si[K], f[K], J[K * K], r[K], d[K];
         for (int e = 0; e < P; ++e) ai[e] = a[e][i];
-        for (int k = 0; k < K; ++k) si[k] = old[k][i], di[k] = delta[k][i];
+        for (int k = 0; k < K; ++k) si[k] = old[k][i], d[k] = delta[k][i];
         Cell::step_jac(qi, ai, si, f, J);
         for (int k = 0; k < K; ++k) r[k] = f[k] - cur[k * W + i];
-        small_affine<K>(J, di, r, d);
+        affine_apply<K>(J, r, d);  // delta_t = J_t delta_{t-1} + r_t
         for (int k = 0; k < K; ++k) {
           const T v = cur[k * W + i] + d[k];
           old[k][i] = cur[k * W + i];

@@ -40,6 +40,7 @@
 #include "core/cuda_launch.h"
 #include "core/error.h"
 #include "fastpaper/detail/pararnn_cells.h"
+#include "fastpaper/detail/pararnn_scan.h"
 #include "pararnn/pararnn_backends.h"
 
 namespace fastpaper::pararnn::cuda {
@@ -127,23 +128,6 @@ sequential_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict
 
 // ------------------------------------------------------------------------- Newton (forward)
 
-// (A, b) <- (J, r) o (A, b) for K = 1 or 2 (J, r, A, b in registers).
-template <int K, typename T>
-__device__ __forceinline__ void compose(const T* J, const T* r, T* A, T* bv) {
-  if constexpr (K == 1) {
-    A[0] = J[0] * A[0];
-    bv[0] = J[0] * bv[0] + r[0];
-  } else {
-    const T a0 = A[0], a1 = A[1], a2 = A[2], a3 = A[3], b0 = bv[0], b1 = bv[1];
-    A[0] = J[0] * a0 + J[1] * a2;
-    A[1] = J[0] * a1 + J[1] * a3;
-    A[2] = J[2] * a0 + J[3] * a2;
-    A[3] = J[2] * a1 + J[3] * a3;
-    bv[0] = J[0] * b0 + J[1] * b1 + r[0];
-    bv[1] = J[2] * b0 + J[3] * b1 + r[1];
-  }
-}
-
 // J <- J^T for K = 1 or 2.
 template <int K, typename T>
 __device__ __forceinline__ void transpose(T* J) {
@@ -151,16 +135,6 @@ __device__ __forceinline__ void transpose(T* J) {
     const T j1 = J[1];
     J[1] = J[2];
     J[2] = j1;
-  }
-}
-
-template <int K, typename T>
-__device__ __forceinline__ void set_identity(T* A, T* bv) {
-#pragma unroll
-  for (int i = 0; i < K; ++i) {
-    bv[i] = T(0);
-#pragma unroll
-    for (int j = 0; j < K; ++j) A[i * K + j] = i == j ? T(1) : T(0);
   }
 }
 
@@ -247,7 +221,7 @@ newton_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__ p
       for (int k = 0; k < K; ++k) prev[k] = w == 0 ? carry[k] : sm_last[w - 1][lane][k];
       // 2. residual, Jacobian, chunk map
       T A[K * K], bv[K];
-      set_identity<K>(A, bv);
+      affine_identity<K>(A, bv);
 #pragma unroll
       for (int j = 0; j < L; ++j) {
         const bool valid = active && c0 + j < geo.time;
@@ -258,11 +232,11 @@ newton_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__ p
           for (int k = 0; k < K; ++k) r[j][k] = f[k] - s[j][k];
         } else {  // past the end / no channel: the identity step
           T dummy[K];
-          set_identity<K>(J[j], dummy);
+          affine_identity<K>(J[j], dummy);
 #pragma unroll
           for (int k = 0; k < K; ++k) r[j][k] = T(0);
         }
-        compose<K>(J[j], r[j], A, bv);
+        affine_compose_after<K>(J[j], r[j], A, bv);
 #pragma unroll
         for (int k = 0; k < K; ++k) prev[k] = s[j][k];
       }
@@ -275,13 +249,13 @@ newton_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__ p
       T d[K];
 #pragma unroll
       for (int k = 0; k < K; ++k) d[k] = T(0);
-      for (int v = 0; v < w; ++v) small_affine<K>(&sm_A[v][lane][0], d, &sm_b[v][lane][0], d);
+      for (int v = 0; v < w; ++v) affine_apply<K>(&sm_A[v][lane][0], &sm_b[v][lane][0], d);
       // 4. update
       T dmax = T(0), smax = T(0);
       bool bad = false;
 #pragma unroll
       for (int j = 0; j < L; ++j) {
-        small_affine<K>(J[j], d, r[j], d);
+        affine_apply<K>(J[j], r[j], d);
         if (active && c0 + j < geo.time) {  // steps past the end stay out of the test
 #pragma unroll
           for (int k = 0; k < K; ++k) {
@@ -372,7 +346,7 @@ backward_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__
     const int64_t top = seg_end - 1 - static_cast<int64_t>(w) * L;  // this chunk's latest step
     T q[L][3], sp[L][K], g[L][K], J[L][K * K];
     T A[K * K], bv[K];
-    set_identity<K>(A, bv);
+    affine_identity<K>(A, bv);
 #pragma unroll
     for (int j = 0; j < L; ++j) {
       const int64_t t = top - j;
@@ -392,7 +366,7 @@ backward_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__
         transpose<K>(J[j]);
       } else {
         T dummy[K];
-        set_identity<K>(J[j], dummy);
+        affine_identity<K>(J[j], dummy);
 #pragma unroll
         for (int k = 0; k < K; ++k) {
           sp[j][k] = T(0);
@@ -404,9 +378,9 @@ backward_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__
       // mu -> J^T mu + J^T g  (identity for a missing step: g = 0)
       T jg[K], zero[K];
 #pragma unroll
-      for (int k = 0; k < K; ++k) zero[k] = T(0);
-      small_affine<K>(J[j], g[j], zero, jg);
-      compose<K>(J[j], jg, A, bv);
+      for (int k = 0; k < K; ++k) zero[k] = T(0), jg[k] = g[j][k];
+      affine_apply<K>(J[j], zero, jg);
+      affine_compose_after<K>(J[j], jg, A, bv);
     }
 #pragma unroll
     for (int e = 0; e < K * K; ++e) sm_A[w][lane][e] = A[e];
@@ -416,7 +390,7 @@ backward_kernel(const S* __restrict__ pre, const typename Io<S>::T* __restrict__
     T mu[K];
 #pragma unroll
     for (int k = 0; k < K; ++k) mu[k] = carry[k];
-    for (int v = 0; v < w; ++v) small_affine<K>(&sm_A[v][lane][0], mu, &sm_b[v][lane][0], mu);
+    for (int v = 0; v < w; ++v) affine_apply<K>(&sm_A[v][lane][0], &sm_b[v][lane][0], mu);
     // re-run the chunk through the VJP
     const int64_t off_lo = seg_end - 1 - seg_lo;  // position of step seg_lo in the segment
     const int wl = static_cast<int>(off_lo / L), jl = static_cast<int>(off_lo % L);

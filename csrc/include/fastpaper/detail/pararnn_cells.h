@@ -130,17 +130,4 @@ struct LstmCell {
   }
 };
 
-// J^T-free helpers for a state of K = 1 or 2 entries (the cells' Jacobian blocks).
-// out <- J x + r
-template <int K, typename T>
-FP_HD void small_affine(const T* J, const T* x, const T* r, T* out) {
-  if constexpr (K == 1) {
-    out[0] = J[0] * x[0] + r[0];
-  } else {
-    const T x0 = x[0], x1 = x[1];
-    out[0] = J[0] * x0 + J[1] * x1 + r[0];
-    out[1] = J[2] * x0 + J[3] * x1 + r[1];
-  }
-}
-
 }  // namespace fastpaper::pararnn::detail
