@@ -67,7 +67,7 @@ def test_float32_recycling_across_a_sorted_sequence_saves_matvecs():
     assert solver.recycle.dtype == np.float32 and solver.recycle.U.dtype == np.float32
     assert sum(recycled[1:]) < 0.8 * sum(fresh[1:])
     # a float64 system cannot use a float32 space
-    with pytest.raises(ValueError, match="recycle: the space holds float32 vectors, this system is float64"):
+    with pytest.raises(ValueError, match="recycle: the space holds float32 vectors, this system.s basis is float64"):
         solver.solve(As[0], bs[0])
 
 
@@ -143,3 +143,80 @@ def test_single_precision_callback_operator_cannot_claim_what_it_cannot_resolve(
     assert not info.converged
     assert info.stagnated or info.iterations == 3000
     assert rel_res64(A, x, b) <= 1e-3
+
+
+# ---- precision="mixed": a float64 / complex128 system with a single-precision basis ----------
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("M", [None, "ilu0"])
+def test_mixed_precision_solves_the_double_system_to_a_double_tolerance(family, M):
+    """rtol = 1e-10 on the float64 system's own residual (not a float32 copy's), float64 x, the
+    same solution as scipy's direct solve; float32 alone cannot get below ~1e-6 here."""
+    _, As, bs = sample_systems(family, 26, 1, seed=5)
+    A, b = As[0], bs[0]
+    x, info = krylov.gcrodr(A, b, rtol=1e-10, m=40, k=10, M=M, precision="mixed")
+    assert x.dtype == A.dtype  # float64, or complex128 for helmholtz
+    assert info.converged
+    assert np.linalg.norm(b - A @ x) <= 1e-10 * np.linalg.norm(b) * (1 + 1e-6)
+    assert info.residual_norm == pytest.approx(np.linalg.norm(b - A @ x), rel=1e-6, abs=1e-14)
+    xs = spl.spsolve(A.tocsc(), b)
+    assert np.linalg.norm(x - xs) <= 1e-7 * np.linalg.norm(xs)
+    xg, ig = krylov.gmres(A, b, rtol=1e-10, m=40, M=M, precision="mixed")
+    assert xg.dtype == A.dtype and ig.converged
+    assert np.linalg.norm(b - A @ xg) <= 1e-10 * np.linalg.norm(b) * (1 + 1e-6)
+
+
+def test_mixed_precision_recycles_a_single_precision_space():
+    params, As, bs = sample_systems("darcy", 34, 5, seed=1)
+    order = krylov.sort_systems(params, "greedy")
+    solver = krylov.RecyclingSolver(m=40, k=12, rtol=1e-9, precision="mixed")
+    mv = []
+    for i in order:
+        x, info = solver.solve(As[i], bs[i])
+        assert info.converged and x.dtype == np.float64
+        assert np.linalg.norm(bs[i] - As[i] @ x) <= 1e-9 * np.linalg.norm(bs[i]) * (1 + 1e-6)
+        mv.append(info.matvecs)
+    assert solver.recycle.dtype == np.float32
+    _, fresh = krylov.gcrodr(As[order[-1]], bs[order[-1]], rtol=1e-9, m=40, k=12, precision="mixed")
+    assert mv[-1] < fresh.matvecs
+    # the float32 space belongs to mixed solves: a full-precision float64 solve refuses it
+    with pytest.raises(ValueError, match="recycle: the space holds float32 vectors, this system's basis is float64"):
+        krylov.gcrodr(As[0], bs[0], recycle=solver.recycle)
+    seq = krylov.solve_sequence(As, bs, params=params, rtol=1e-9, m=40, k=12, precision="mixed")
+    assert seq.stats["converged"] == len(As)
+    assert all(s.dtype == np.float64 for s in seq.solutions)
+
+
+def test_mixed_precision_callable_preconditioner_works_in_single():
+    _, As, bs = sample_systems("poisson", 26, 1)
+    A, b = As[0], bs[0]
+    d = A.diagonal()
+    seen = []
+
+    def M(v):
+        seen.append(v.dtype)
+        return v / d.astype(np.float32)
+
+    x, info = krylov.gcrodr(A, b, rtol=1e-10, M=M, precision="mixed")
+    assert info.converged and x.dtype == np.float64
+    assert set(seen) == {np.dtype(np.float32)}
+
+
+def test_mixed_precision_bad_input():
+    _, As, bs = sample_systems("poisson", 18, 1)
+    A, b = As[0], bs[0]
+    with pytest.raises(ValueError, match="precision: expected 'full' or 'mixed'"):
+        krylov.gcrodr(A, b, precision="half")
+    with pytest.raises(ValueError, match="precision: expected 'full' or 'mixed'"):
+        krylov.RecyclingSolver(precision=None)
+    op = spl.LinearOperator(A.shape, matvec=lambda v: A @ v, dtype=np.float64)
+    with pytest.raises(ValueError, match="precision: 'mixed' needs A as a matrix"):
+        krylov.gmres(op, b, precision="mixed")
+    big = A.copy()
+    big.data[0] = 1e300
+    with pytest.raises(ValueError, match="overflows single precision"):
+        krylov.gcrodr(big, b, precision="mixed")
+    # float32 systems are single precision already: "mixed" changes nothing
+    f32 = sp.csr_array(A, dtype=np.float32)
+    x, info = krylov.gmres(f32, b.astype(np.float32), rtol=1e-6, precision="mixed")
+    assert x.dtype == np.float32 and info.converged

@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 
 #include "bindings/common.h"
 
@@ -168,23 +169,28 @@ class RecycleSpace {
   krylov::Recycle* r_ = nullptr;
 };
 
-template <class T>
+// T: the solver's scalar. B: the scalar of A, b and x: T, or (mixed precision) the double type
+// of the same kind, A then being a CSR matrix that the core rounds to T.
+template <class T, class B = T>
 nb::dict solve(const std::string& method, int64_t n, nb::object A_csr, nb::object A_fn,
-               int precond, nb::object M_fn, ConstArr<T> b, Arr<T> x, int m, int k, double rtol,
+               int precond, nb::object M_fn, ConstArr<B> b, Arr<B> x, int m, int k, double rtol,
                double atol, int64_t maxiter, RecycleSpace* recycle, nb::object monitor,
                F64 history) {
+  constexpr bool mixed = !std::is_same_v<T, B>;
   if (method != "gcrodr" && method != "gmres") throw nb::value_error("method must be gcrodr or gmres");
   check_len(b, "b", n);
   check_len(x, "x0", n);
   krylov::OperatorT<T> op;
-  krylov::Csr<T> csr;
+  krylov::Csr<B> csr;
   PyApply<T> a_cb, m_cb;
   if (!A_csr.is_none()) {
     auto t = nb::cast<nb::tuple>(A_csr);
-    csr = csr_of<T>(nb::cast<int64_t>(t[0]), nb::cast<int64_t>(t[1]), nb::cast<AnyArray>(t[2]),
-                    nb::cast<AnyArray>(t[3]), nb::cast<ConstArr<T>>(t[4]));
+    csr = csr_of<B>(nb::cast<int64_t>(t[0]), nb::cast<int64_t>(t[1]), nb::cast<AnyArray>(t[2]),
+                    nb::cast<AnyArray>(t[3]), nb::cast<ConstArr<B>>(t[4]));
     if (csr.rows != n) throw nb::value_error("A: rows must equal len(b)");
-    op.csr = &csr;
+    if constexpr (!mixed) op.csr = &csr;
+  } else if (mixed) {
+    throw nb::type_error("A: mixed precision needs A as a sparse or dense matrix");
   } else {
     a_cb.fn = A_fn;
     a_cb.n = n;
@@ -217,12 +223,16 @@ nb::dict solve(const std::string& method, int64_t n, nb::object A_csr, nb::objec
   Status s;
   {
     nb::gil_scoped_release release;
-    if (method == "gcrodr") {
-      s = krylov::gcrodr(op, M, b.data(), x.data(), opt, recycle ? recycle->get_ptr() : nullptr,
-                         &res, history.data(), static_cast<int64_t>(history.size()));
+    krylov::Recycle* rec = recycle ? recycle->get_ptr() : nullptr;
+    const auto cap = static_cast<int64_t>(history.size());
+    if constexpr (mixed) {
+      s = method == "gcrodr"
+              ? krylov::gcrodr_mixed(csr, M, b.data(), x.data(), opt, rec, &res, history.data(), cap)
+              : krylov::gmres_mixed(csr, M, b.data(), x.data(), opt, &res, history.data(), cap);
     } else {
-      s = krylov::gmres(op, M, b.data(), x.data(), opt, &res, history.data(),
-                        static_cast<int64_t>(history.size()));
+      s = method == "gcrodr"
+              ? krylov::gcrodr(op, M, b.data(), x.data(), opt, rec, &res, history.data(), cap)
+              : krylov::gmres(op, M, b.data(), x.data(), opt, &res, history.data(), cap);
     }
   }
   if (a_cb.error) {
@@ -267,16 +277,21 @@ void spmv(int64_t rows, int64_t cols, AnyArray indptr, AnyArray indices, ConstF6
 
 }  // namespace
 
+template <class T, class B>
+void def_solve(nb::module_& mod, const std::string& name) {
+  mod.def(name.c_str(), &solve<T, B>, nb::arg("method"), nb::arg("n"),
+          nb::arg("A_csr").none(), nb::arg("A_fn").none(), nb::arg("precond"),
+          nb::arg("M_fn").none(), nb::arg("b"), nb::arg("x"), nb::arg("m"), nb::arg("k"),
+          nb::arg("rtol"), nb::arg("atol"), nb::arg("maxiter"), nb::arg("recycle").none(),
+          nb::arg("monitor").none(), nb::arg("history"));
+}
+
 template <class T>
 void def_scalar(nb::module_& mod, nb::class_<RecycleSpace>& cls, const char* name) {
   const std::string n(name);
   cls.def(("get_" + n).c_str(), &RecycleSpace::get<T>, nb::arg("out"))
       .def(("set_" + n).c_str(), &RecycleSpace::set<T>, nb::arg("n"), nb::arg("dim"), nb::arg("u"));
-  mod.def(("solve_" + n).c_str(), &solve<T>, nb::arg("method"), nb::arg("n"),
-          nb::arg("A_csr").none(), nb::arg("A_fn").none(), nb::arg("precond"),
-          nb::arg("M_fn").none(), nb::arg("b"), nb::arg("x"), nb::arg("m"), nb::arg("k"),
-          nb::arg("rtol"), nb::arg("atol"), nb::arg("maxiter"), nb::arg("recycle").none(),
-          nb::arg("monitor").none(), nb::arg("history"));
+  def_solve<T, T>(mod, "solve_" + n);
 }
 
 NB_MODULE(_krylov, mod) {
@@ -292,6 +307,9 @@ NB_MODULE(_krylov, mod) {
   def_scalar<double>(mod, cls, "float64");
   def_scalar<Cf>(mod, cls, "complex64");
   def_scalar<Zc>(mod, cls, "complex128");
+  // double systems solved with a single-precision basis: solve_mixed_<type of A, b, x>
+  def_solve<float, double>(mod, "solve_mixed_float64");
+  def_solve<Cf, Zc>(mod, "solve_mixed_complex128");
   mod.def("spmv", &spmv, nb::arg("rows"), nb::arg("cols"), nb::arg("indptr"), nb::arg("indices"),
           nb::arg("values"), nb::arg("x"), nb::arg("y"));
 }

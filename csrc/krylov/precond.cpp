@@ -1,6 +1,7 @@
 // Right preconditioners y = M^{-1} x: identity, Jacobi (M = diag A), ILU(0) (incomplete LU on the
 // sparsity pattern of A, Saad, Iterative Methods, Alg. 10.4), and a user callback.
 #include <cmath>
+#include <cstdint>
 #include <complex>
 #include <cstring>
 #include <memory>
@@ -50,33 +51,65 @@ class Jacobi final : public PrecondApply<T> {
   std::vector<T> inv_;
 };
 
-// L (unit lower) and U stored together in A's pattern; diag[i] is the position of a_ii.
+// The ILU(0) factors in A's pattern, laid out for the two triangular solves: per row the strictly
+// lower entries (L, unit diagonal implied) and the strictly upper ones (U without its diagonal),
+// each in its own CSR, with the reciprocals of U's diagonal. The solves are sequential chains
+// through y, so what is on the chain matters: a multiply by 1 / u_ii instead of a division (about
+// 4 instead of 13 cycles of latency per row), and 32-bit column indices (half the index traffic).
 template <class T>
 class Ilu0 final : public PrecondApply<T> {
  public:
-  Ilu0(std::vector<int64_t> p, std::vector<int64_t> j, std::vector<T> lu,
-       std::vector<int64_t> diag)
-      : p_(std::move(p)), j_(std::move(j)), lu_(std::move(lu)), diag_(std::move(diag)) {}
+  Ilu0(const std::vector<int64_t>& p, const std::vector<int64_t>& j, const std::vector<T>& lu,
+       const std::vector<int64_t>& diag) {
+    const int64_t n = static_cast<int64_t>(diag.size());
+    lp_.assign(1, 0);
+    up_.assign(1, 0);
+    inv_diag_.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t e = p[i]; e < diag[i]; ++e) {
+        lj_.push_back(static_cast<int32_t>(j[e]));
+        lv_.push_back(lu[e]);
+      }
+      for (int64_t e = diag[i] + 1; e < p[i + 1]; ++e) {
+        uj_.push_back(static_cast<int32_t>(j[e]));
+        uv_.push_back(lu[e]);
+      }
+      lp_.push_back(static_cast<int64_t>(lj_.size()));
+      up_.push_back(static_cast<int64_t>(uj_.size()));
+      inv_diag_[i] = T(1) / lu[diag[i]];
+    }
+  }
   bool apply(const T* x, T* y) const override {
-    const int64_t n = static_cast<int64_t>(diag_.size());
-    // The triangular solves are sequential by nature; at n ~ 1e4-1e5 they cost about one SpMV each.
+    const int64_t n = static_cast<int64_t>(inv_diag_.size());
+    // In banded and stencil matrices row i couples to its neighbour i -+ 1, the chain's link:
+    // that value is taken from a register (`next`) rather than reloaded from y just after its
+    // store, which would add a store-to-load forwarding delay to every row.
+    T next = T(0);
     for (int64_t i = 0; i < n; ++i) {  // L z = x
+      int64_t e = lp_[i], end = lp_[i + 1];
+      const bool link = end > e && lj_[end - 1] == i - 1;
+      end -= link;
       T s = x[i];
-      for (int64_t e = p_[i]; e < diag_[i]; ++e) s -= lu_[e] * y[j_[e]];
-      y[i] = s;
+      for (; e < end; ++e) s -= lv_[e] * y[lj_[e]];
+      if (link) s -= lv_[end] * next;
+      y[i] = next = s;
     }
     for (int64_t i = n - 1; i >= 0; --i) {  // U y = z
+      int64_t e = up_[i];
+      const int64_t end = up_[i + 1];
+      const bool link = end > e && uj_[e] == i + 1;
       T s = y[i];
-      for (int64_t e = diag_[i] + 1; e < p_[i + 1]; ++e) s -= lu_[e] * y[j_[e]];
-      y[i] = s / lu_[diag_[i]];
+      if (link) s -= uv_[e++] * next;
+      for (; e < end; ++e) s -= uv_[e] * y[uj_[e]];
+      y[i] = next = s * inv_diag_[i];
     }
     return true;
   }
 
  private:
-  std::vector<int64_t> p_, j_;
-  std::vector<T> lu_;
-  std::vector<int64_t> diag_;
+  std::vector<int64_t> lp_, up_;
+  std::vector<int32_t> lj_, uj_;
+  std::vector<T> lv_, uv_, inv_diag_;
 };
 
 template <class I, class T>
@@ -147,7 +180,7 @@ std::unique_ptr<PrecondApply<T>> make_ilu0(std::vector<int64_t> p, std::vector<i
       return nullptr;
     }
   }
-  return std::make_unique<Ilu0<T>>(std::move(p), std::move(j), std::move(lu), std::move(diag));
+  return std::make_unique<Ilu0<T>>(p, j, lu, diag);
 }
 
 }  // namespace
@@ -169,6 +202,10 @@ std::unique_ptr<PrecondApply<T>> make_precond(const OperatorT<T>& A, const Preco
     case Precond::ilu0: {
       if (A.csr == nullptr) {
         error = "M: Jacobi and ILU(0) need A as a CSR matrix";
+        return nullptr;
+      }
+      if (A.csr->cols > INT32_MAX) {
+        error = "M: ILU(0) stores 32-bit column indices; A has more than 2^31 - 1 columns";
         return nullptr;
       }
       std::vector<int64_t> p, j;

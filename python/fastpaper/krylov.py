@@ -379,9 +379,23 @@ def _solver_settings(method, m, k, rtol, atol, maxiter, recycle, callback):
     return m, k, maxiter
 
 
-def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, device=None):
+_SINGLE_OF = {np.dtype(np.float64): np.dtype(np.float32), np.dtype(np.complex128): np.dtype(np.complex64)}
+
+
+def _check_precision(precision) -> str:
+    if precision not in ("full", "mixed"):
+        raise ValueError(f"precision: expected 'full' or 'mixed', got {precision!r}")
+    return precision
+
+
+def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, device=None,
+           precision="full"):
+    precision = _check_precision(precision)
     dev = _backend_device(A, b, x0, device)
     if dev is not None:
+        if precision == "mixed":
+            raise ValueError("precision: 'mixed' runs on the C++ (host) backend only; pass float32 "
+                             "tensors to solve in single precision on a device")
         return _solve_device(method, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, dev)
     if recycle is not None and isinstance(recycle, RecycleSpace):
         recycle._to_host()
@@ -397,19 +411,25 @@ def _solve(method: str, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxite
     b = _vector(b, n, "b", dtype)
     x = np.zeros(n, dtype=dtype) if x0 is None else _vector(x0, n, "x0", dtype)
     m, k, maxiter = _solver_settings(method, m, k, rtol, atol, maxiter, recycle, callback)
-    kind, mfn = _precond_of(M, n, dtype)
+    # mixed precision: a double system, its Krylov basis / recycle space / M in single precision
+    mixed = precision == "mixed" and dtype in _SINGLE_OF
+    if mixed and csr is None:
+        raise ValueError("precision: 'mixed' needs A as a matrix (sparse, dense or torch CSR), "
+                         "not a LinearOperator or callable")
+    basis = _SINGLE_OF[dtype] if mixed else dtype
+    kind, mfn = _precond_of(M, n, basis)
     if recycle is not None and recycle.dim > 0 and recycle.n != n:
         raise ValueError(f"recycle: the space holds vectors of length {recycle.n}, A is {n} x {n}")
-    if recycle is not None and recycle.dim > 0 and recycle.dtype != dtype:
-        raise ValueError(f"recycle: the space holds {recycle.dtype} vectors, this system is "
-                         f"{dtype} (solve systems of one scalar type with one space)")
+    if recycle is not None and recycle.dim > 0 and recycle.dtype != basis:
+        raise ValueError(f"recycle: the space holds {recycle.dtype} vectors, this system's basis is "
+                         f"{basis} (solve systems of one scalar type and precision with one space)")
     monitor = None
     if callback is not None:
         monitor = lambda it, rn: callback(rn)  # noqa: E731 - scipy's "pr_norm" convention
     # one entry per Arnoldi step, one per cycle (>= m - k - 1 steps unless it converges) and x0's
     history = np.zeros(maxiter + maxiter // max(m - k - 1, 1) + 8)
     t0 = time.perf_counter()
-    entry = getattr(_C, f"solve_{dtype.name}")
+    entry = getattr(_C, f"solve_mixed_{dtype.name}" if mixed else f"solve_{dtype.name}")
     d = entry(method, n, csr, afn, kind, mfn, b, x, m, k, float(rtol), float(atol), maxiter,
               recycle._space if recycle is not None else None, monitor, history)
     seconds = time.perf_counter() - t0
@@ -432,7 +452,7 @@ def _solve_device(method, A, b, x0, rtol, atol, m, k, M, recycle, callback, maxi
 
 def gcrodr(A, b, x0=None, *, rtol: float = 1e-8, atol: float = 0.0, m: int = 40, k: int = 20,
            M=None, recycle: Optional[RecycleSpace] = None, callback=None,
-           maxiter: Optional[int] = None, device=None):
+           maxiter: Optional[int] = None, device=None, precision: str = "full"):
     r"""Solve :math:`A x = b` with GCRO-DR(m, k), optionally recycling U across calls.
 
     Parameters
@@ -460,6 +480,13 @@ def gcrodr(A, b, x0=None, *, rtol: float = 1e-8, atol: float = 0.0, m: int = 40,
         (inputs are moved; ``"cpu"`` runs the GPU code on torch's CPU kernels, slower than the
         C++ path). The torch backend takes M = None, ``"jacobi"``, a torch matrix, or a callable
         on device tensors; ``"ilu0"`` is C++ only.
+    precision : ``"full"`` (default): every vector in the working scalar type. ``"mixed"``, for a
+        float64 / complex128 system given as a matrix (C++ backend): GMRES-IR, the system solved to
+        rtol on its own true residual :math:`b - A x` computed in double against a double iterate
+        every cycle, while the Krylov basis, the recycle space (float32 / complex64), the
+        preconditioner (built from A rounded to single) and the Arnoldi products are single
+        precision: about half the memory traffic per iteration, the same tolerance, a float64 /
+        complex128 x. Float32 / complex64 systems always run this way.
 
     Returns
     -------
@@ -468,16 +495,18 @@ def gcrodr(A, b, x0=None, *, rtol: float = 1e-8, atol: float = 0.0, m: int = 40,
         or numpy)
     info : :class:`SolveInfo`
     """
-    return _solve("gcrodr", A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, device)
+    return _solve("gcrodr", A, b, x0, rtol, atol, m, k, M, recycle, callback, maxiter, device,
+                  precision)
 
 
 def gmres(A, b, x0=None, *, rtol: float = 1e-8, atol: float = 0.0, m: int = 40, M=None,
-          callback=None, maxiter: Optional[int] = None, device=None):
+          callback=None, maxiter: Optional[int] = None, device=None, precision: str = "full"):
     r"""Solve :math:`A x = b` with restarted GMRES(m) (the GCRO-DR code path with k = 0).
 
     Same arguments and results as :func:`gcrodr`, without ``k`` and ``recycle``.
     """
-    return _solve("gmres", A, b, x0, rtol, atol, m, 0, M, None, callback, maxiter, device)
+    return _solve("gmres", A, b, x0, rtol, atol, m, 0, M, None, callback, maxiter, device,
+                  precision)
 
 
 class RecyclingSolver:
@@ -489,13 +518,14 @@ class RecyclingSolver:
     """
 
     def __init__(self, m: int = 40, k: int = 20, *, rtol: float = 1e-8, atol: float = 0.0,
-                 M=None, maxiter: Optional[int] = None, device=None) -> None:
+                 M=None, maxiter: Optional[int] = None, device=None, precision: str = "full") -> None:
         m = _check_int(m, "m", 1)
         k = _check_int(k, "k", 0)
         if k >= m:
             raise ValueError(f"k: must be smaller than m, got k={k}, m={m}")
         self.m, self.k, self.rtol, self.atol, self.M, self.maxiter = m, k, rtol, atol, M, maxiter
         self.device = device  # see gcrodr: None picks the backend from A's device
+        self.precision = _check_precision(precision)  # see gcrodr
         self.recycle = RecycleSpace()
 
     def solve(self, A, b, x0=None, *, callback=None):
@@ -506,7 +536,7 @@ class RecyclingSolver:
                              f"{n} x {n}; call reset() between problem sizes")
         return gcrodr(A, b, x0, rtol=self.rtol, atol=self.atol, m=self.m, k=self.k, M=self.M,
                       recycle=self.recycle, callback=callback, maxiter=self.maxiter,
-                      device=self.device)
+                      device=self.device, precision=self.precision)
 
     def reset(self) -> None:
         self.recycle.reset()
@@ -627,15 +657,15 @@ class SequenceResult:
 def solve_sequence(As: Sequence[Any], bs: Sequence[Any], *, params: Any = None, sort: Optional[str] = "auto",
                    m: int = 40, k: int = 20, rtol: float = 1e-8, atol: float = 0.0, M=None,
                    maxiter: Optional[int] = None, recycle: bool = True,
-                   progress: bool = False, device=None) -> SequenceResult:
+                   progress: bool = False, device=None, precision: str = "full") -> SequenceResult:
     """Solve :math:`A_i x_i = b_i` in a similarity order with one :class:`RecyclingSolver`.
 
     ``params`` (N, ...) drive :func:`sort_systems` (method ``sort``); without params, or with
     ``sort=None``, the systems are solved in the given order. ``recycle=False`` solves each
     system with a fresh GCRO-DR (deflation within the solve only). Returns solutions and
     :class:`SolveInfo` objects in the caller's order (``result.solutions[i]`` solves system i) and
-    ``result.stats`` with totals. ``device`` as in :func:`gcrodr` (U then stays on the device
-    from one system to the next).
+    ``result.stats`` with totals. ``device`` and ``precision`` as in :func:`gcrodr` (U then stays
+    on the device from one system to the next).
     """
     N = len(As)
     if len(bs) != N:
@@ -648,7 +678,8 @@ def solve_sequence(As: Sequence[Any], bs: Sequence[Any], *, params: Any = None, 
     else:
         order = np.arange(N)
     sort_seconds = time.perf_counter() - t0
-    solver = RecyclingSolver(m, k, rtol=rtol, atol=atol, M=M, maxiter=maxiter, device=device)
+    solver = RecyclingSolver(m, k, rtol=rtol, atol=atol, M=M, maxiter=maxiter, device=device,
+                             precision=precision)
     solutions: list = [None] * N
     infos: list = [None] * N
     it = order

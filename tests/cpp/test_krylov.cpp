@@ -5,6 +5,7 @@
 #include <cmath>
 #include <complex>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -350,4 +351,86 @@ void single_precision_case(std::complex<float> shift) {
 TEST(Krylov, Float32SolveWithRecycling) { single_precision_case<float>({}); }
 TEST(Krylov, Complex64SolveWithRecycling) {
   single_precision_case<std::complex<float>>({0.0f, 0.3f});
+}
+
+// Mixed precision: a double system solved to 1e-11 on its own (double) residual, far below what a
+// float32 solve resolves, with a float32 basis and recycle space carried to a second system.
+TEST(Krylov, MixedPrecisionReachesDoubleToleranceAndRecyclesInFloat32) {
+  Options opt;
+  opt.m = 30;
+  opt.k = 8;
+  opt.rtol = 1e-11;
+  Recycle* rec = nullptr;
+  ASSERT_EQ(recycle_create(&rec), Status::ok);
+  for (int i = 0; i < 2; ++i) {
+    Grid A = convdiff(24, 20.0, 0.01 * i);
+    const auto b = rhs(A.n);
+    for (Precond kind : {Precond::none, Precond::ilu0}) {
+      PreconditionerF M;
+      M.kind = kind;
+      std::vector<double> x(A.n, 0.0), x2(A.n, 0.0);
+      Result res, res2;
+      ASSERT_EQ(gcrodr_mixed(A.view(), M, b.data(), x.data(), opt, rec, &res, nullptr, 0), Status::ok)
+          << last_error();
+      EXPECT_TRUE(res.converged);
+      EXPECT_LE(true_residual(A, b, x), 1e-11 * norm(b) * (1 + 1e-9));
+      EXPECT_NEAR(res.residual_norm, true_residual(A, b, x), 1e-13 * norm(b));
+      ASSERT_EQ(gmres_mixed(A.view(), M, b.data(), x2.data(), opt, &res2, nullptr, 0), Status::ok);
+      EXPECT_TRUE(res2.converged);
+      EXPECT_LE(true_residual(A, b, x2), 1e-11 * norm(b) * (1 + 1e-9));
+    }
+    EXPECT_EQ(recycle_scalar(rec), Scalar::float32);
+    EXPECT_GT(recycle_dim(rec), 0);
+  }
+  // the float32 space cannot serve a full-precision double solve
+  Grid A = convdiff(24, 20.0, 0.0);
+  CsrMatrix view = A.view();
+  Operator op;
+  op.csr = &view;
+  const auto b = rhs(A.n);
+  std::vector<double> x(A.n, 0.0);
+  Result res;
+  EXPECT_EQ(gcrodr(op, {}, b.data(), x.data(), opt, rec, &res, nullptr, 0), Status::invalid_argument);
+  recycle_destroy(rec);
+  // an entry beyond float32's range is rejected, not silently turned into infinity
+  A.v[3] = 1e300;
+  EXPECT_EQ(gcrodr_mixed(A.view(), {}, b.data(), x.data(), opt, nullptr, &res, nullptr, 0),
+            Status::invalid_argument);
+  EXPECT_NE(std::string(last_error()).find("single precision"), std::string::npos);
+}
+
+// ILU(0) of a tridiagonal matrix has no fill to drop: it is the exact LU, so the preconditioned
+// operator is the identity and GMRES converges in one step (checks both triangular solves,
+// including their register-carried neighbour links).
+TEST(Krylov, Ilu0OfTridiagonalIsExact) {
+  Grid T;
+  T.n = 200;
+  T.p.push_back(0);
+  for (int64_t i = 0; i < T.n; ++i) {
+    if (i > 0) {
+      T.j.push_back(static_cast<int32_t>(i - 1));
+      T.v.push_back(-1.0 - 0.3 * std::sin(0.1 * i));
+    }
+    T.j.push_back(static_cast<int32_t>(i));
+    T.v.push_back(3.0 + std::cos(0.2 * i));
+    if (i + 1 < T.n) {
+      T.j.push_back(static_cast<int32_t>(i + 1));
+      T.v.push_back(-1.2 + 0.2 * std::cos(0.3 * i));
+    }
+    T.p.push_back(static_cast<int32_t>(T.j.size()));
+  }
+  CsrMatrix view = T.view();
+  Operator op;
+  op.csr = &view;
+  Preconditioner M;
+  M.kind = Precond::ilu0;
+  const auto b = rhs(T.n);
+  std::vector<double> x(T.n, 0.0);
+  Options opt;
+  opt.rtol = 1e-12;
+  Result res;
+  ASSERT_EQ(gmres(op, M, b.data(), x.data(), opt, &res, nullptr, 0), Status::ok);
+  EXPECT_TRUE(res.converged);
+  EXPECT_EQ(res.iterations, 1);
+  EXPECT_LE(true_residual(T, b, x), 1e-12 * norm(b));
 }

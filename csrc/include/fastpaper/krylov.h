@@ -187,4 +187,25 @@ FASTPAPER_API Status gmres(const OperatorC& A, const PreconditionerC& M,
                            const Options& opt, Result* result, double* history,
                            int64_t history_capacity);
 
+// Mixed precision (GMRES-IR): solves the double system A x = b (real or complex) to rtol / atol
+// on its own true residual b - A x, computed in double every cycle against the double iterate x,
+// while the Krylov basis, the recycle space (float32 / complex64; `recycle` must hold that kind),
+// the preconditioner (built from A rounded to single once per call) and the Arnoldi products run
+// in single precision: half the memory traffic of the double solve, the same answer. An entry of A
+// beyond single precision's range is an invalid_argument error.
+FASTPAPER_API Status gcrodr_mixed(const CsrMatrix& A, const PreconditionerF& M, const double* b,
+                                  double* x, const Options& opt, Recycle* recycle, Result* result,
+                                  double* history, int64_t history_capacity);
+FASTPAPER_API Status gcrodr_mixed(const CsrMatrixZ& A, const PreconditionerC& M,
+                                  const std::complex<double>* b, std::complex<double>* x,
+                                  const Options& opt, Recycle* recycle, Result* result,
+                                  double* history, int64_t history_capacity);
+FASTPAPER_API Status gmres_mixed(const CsrMatrix& A, const PreconditionerF& M, const double* b,
+                                 double* x, const Options& opt, Result* result, double* history,
+                                 int64_t history_capacity);
+FASTPAPER_API Status gmres_mixed(const CsrMatrixZ& A, const PreconditionerC& M,
+                                 const std::complex<double>* b, std::complex<double>* x,
+                                 const Options& opt, Result* result, double* history,
+                                 int64_t history_capacity);
+
 }  // namespace fastpaper::krylov
