@@ -1,6 +1,7 @@
 """Side-by-side benchmark of Krylov solvers on a sorted PDE sequence (SKR setting), one process.
 
-For N systems of a family (default: Darcy, grid 102 -> 10^4 unknowns, N = 20, rtol 1e-8):
+For N systems of a family (default: Darcy, grid 102 -> 10^4 unknowns, N = 20, rtol 1e-8), every
+row solving the same float64 / complex128 systems to the same rtol on their own residual:
 
   scipy gmres(restart=40)          scipy.sparse.linalg.gmres
   scipy gcrotmk(m=40, k=20) + CU   recycled (c, u) pairs carried across systems (c reset to None)
@@ -8,7 +9,15 @@ For N systems of a family (default: Darcy, grid 102 -> 10^4 unknowns, N = 20, rt
   fastpaper GCRO-DR(40,20) fresh   a new recycle space per system (deflation within a solve)
   fastpaper GCRO-DR recycled       U carried in generation order
   fastpaper GCRO-DR recycled+sort  U carried in greedy nearest-neighbour order (sort cost reported)
+  ... mixed                        the same with precision="mixed" (single-precision basis and
+                                   recycle space, double iterate and residual)
   scipy lgmres(inner 30, outer 3)  scipy.sparse.linalg.lgmres (augmented with error approximations)
+  Preconditioned (the factorization of each system is part of its time):
+  scipy gmres(40) + spilu          scipy's incomplete LU (spilu defaults: ILUTP, drop_tol 1e-4,
+  scipy gcrotmk(40,20)+CU + spilu  fill_factor 10) as M
+  fastpaper GCRO-DR(40,20) ILU(0)  fastpaper's ILU(0), recycled+sorted, full and mixed precision
+  fastpaper GCRO-DR(60,20) ILU(0)  the same at scipy gcrotmk(40,20)'s memory (m + 2k = 80 vectors
+                                   there, m + 1 + k = 81 here: both run 40 Arnoldi steps a cycle)
   scipy splu                       sparse LU per system (factor + solve)
   pyamg SA + scipy gmres(40)       smoothed-aggregation AMG as right preconditioner (setup per system)
   pyamg SA + fastpaper GCRO-DR     the same AMG preconditioner, as a callable, with recycling+sort
@@ -32,10 +41,7 @@ system includes everything else (the solve synchronizes the device before return
 test the GPU code on CPU). --only keeps the methods whose name contains one of the given strings.
 
 --grid 102 gives 10^4 unknowns, --grid 257 gives 6.5 x 10^4 (the issue's two sizes).
-The "single" row solves float32 (complex64) copies of the systems with fastpaper's mixed-precision
-solver (single-precision basis, double iterate and residual); it counts as solved when the solver
-reports the double iterate converged (the returned x is that iterate rounded to float32, whose own
-residual is at float32's level). --single converts every system for every method instead.
+--single converts every system to float32 / complex64 for every method instead.
 """
 
 from __future__ import annotations
@@ -64,37 +70,47 @@ def _counting(A):
     return spl.LinearOperator(A.shape, matvec=mv, dtype=A.dtype), count
 
 
-def run_scipy_gmres(As, bs, rtol, maxiter):
+def _spilu(A):
+    """scipy's incomplete LU (SuperLU ILUTP, default drop_tol / fill_factor) as a LinearOperator."""
+    ilu = spl.spilu(A.tocsc())
+    return spl.LinearOperator(A.shape, matvec=ilu.solve, dtype=A.dtype)
+
+
+def run_scipy_gmres(As, bs, rtol, maxiter, precond=False):
     rows = []
     for A, b in zip(As, bs):
         op, c = _counting(A)
         t = time.perf_counter()
-        x, info = spl.gmres(op, b, rtol=rtol, atol=0.0, restart=40, maxiter=max(1, maxiter // 40))
+        M = _spilu(A) if precond else None
+        x, info = spl.gmres(op, b, rtol=rtol, atol=0.0, restart=40, maxiter=max(1, maxiter // 40),
+                            M=M)
         rows.append((c[0], time.perf_counter() - t, info == 0 and _ok(A, x, b, rtol)))
     return rows
 
 
-def run_scipy_gcrotmk(As, bs, rtol, maxiter):
+def run_scipy_gcrotmk(As, bs, rtol, maxiter, precond=False):
     rows = []
     CU = []
     for A, b in zip(As, bs):
         CU[:] = [(None, u) for _, u in CU]  # a new matrix: C = A U must be recomputed
         op, c = _counting(A)
         t = time.perf_counter()
+        M = _spilu(A) if precond else None
         x, info = spl.gcrotmk(op, b, rtol=rtol, atol=0.0, m=40, k=20, CU=CU, discard_C=False,
-                              maxiter=max(1, maxiter // 40))
+                              maxiter=max(1, maxiter // 40), M=M)
         rows.append((c[0], time.perf_counter() - t, info == 0 and _ok(A, x, b, rtol)))
     return rows
 
 
-def run_fastpaper(As, bs, rtol, maxiter, method, recycle, order):
+def run_fastpaper(As, bs, rtol, maxiter, method, recycle, order, m=40, k=20, M=None,
+                  precision="full"):
     rows = [None] * len(As)
-    solver = krylov.RecyclingSolver(40, 20, rtol=rtol, maxiter=maxiter)
+    solver = krylov.RecyclingSolver(m, k, rtol=rtol, maxiter=maxiter, M=M, precision=precision)
     for i in order:
         A, b = As[i], bs[i]
         t = time.perf_counter()
         if method == "gmres":
-            x, info = krylov.gmres(A, b, rtol=rtol, m=40, maxiter=maxiter)
+            x, info = krylov.gmres(A, b, rtol=rtol, m=m, maxiter=maxiter, M=M, precision=precision)
         else:
             if not recycle:
                 solver.reset()
@@ -142,19 +158,6 @@ def run_pyamg_gcrodr(As, bs, rtol, maxiter, order):
         solver.M = _amg(A)
         x, info = solver.solve(A, b)
         rows[i] = (info.matvecs, time.perf_counter() - t, info.converged and _ok(A, x, b, rtol))
-    return rows
-
-
-def run_fastpaper_single(As, bs, rtol, maxiter, order):
-    singles = [(A.astype(np.complex64 if np.iscomplexobj(A.data) else np.float32),
-                b.astype(np.complex64 if np.iscomplexobj(b) else np.float32)) for A, b in zip(As, bs)]
-    rows = [None] * len(As)
-    solver = krylov.RecyclingSolver(40, 20, rtol=rtol, maxiter=maxiter)
-    for i in order:
-        A, b = singles[i]
-        t = time.perf_counter()
-        x, info = solver.solve(A, b)
-        rows[i] = (info.matvecs, time.perf_counter() - t, info.converged)
     return rows
 
 
@@ -235,7 +238,17 @@ def run_grid(args, grid):
         ("fastpaper GCRO-DR fresh", lambda: run_fastpaper(As, bs, r, mi, "gcrodr", False, ident)),
         ("fastpaper GCRO-DR recycled", lambda: run_fastpaper(As, bs, r, mi, "gcrodr", True, ident)),
         ("fastpaper GCRO-DR recycled+sorted", lambda: run_fastpaper(As, bs, r, mi, "gcrodr", True, order)),
-        ("fastpaper GCRO-DR recycled+sorted single", lambda: run_fastpaper_single(As, bs, r, mi, order)),
+        ("fastpaper GCRO-DR recycled+sorted mixed",
+         lambda: run_fastpaper(As, bs, r, mi, "gcrodr", True, order, precision="mixed")),
+        ("scipy gmres(40) + spilu", lambda: run_scipy_gmres(As, bs, r, mi, precond=True)),
+        ("scipy gcrotmk(40,20)+CU + spilu", lambda: run_scipy_gcrotmk(As, bs, r, mi, precond=True)),
+        ("fastpaper GCRO-DR(40,20) ILU(0) recycled+sorted",
+         lambda: run_fastpaper(As, bs, r, mi, "gcrodr", True, order, M="ilu0")),
+        ("fastpaper GCRO-DR(40,20) ILU(0) recycled+sorted mixed",
+         lambda: run_fastpaper(As, bs, r, mi, "gcrodr", True, order, M="ilu0", precision="mixed")),
+        ("fastpaper GCRO-DR(60,20) ILU(0) recycled+sorted mixed",
+         lambda: run_fastpaper(As, bs, r, mi, "gcrodr", True, order, m=60, M="ilu0",
+                               precision="mixed")),
         ("scipy splu", lambda: run_splu(As, bs, r)),
         ("pyamg SA + scipy gmres(40)", lambda: run_pyamg_gmres(As, bs, r, mi)),
         ("pyamg SA + fastpaper GCRO-DR recycled+sorted", lambda: run_pyamg_gcrodr(As, bs, r, mi, order)),
@@ -269,11 +282,12 @@ def run_grid(args, grid):
         print(f"  done {name}: {mv.mean():.1f} matvecs, {sec.mean() * 1e3:.2f} ms per system, "
               f"{results[-1]['failed']} failed", file=sys.stderr, flush=True)
     base = next((x for x in results if x["method"] == "scipy gmres(40)"), None)
+    gcrot = next((x for x in results if x["method"] == "scipy gcrotmk(40,20)+CU"), None)
     w = max([46] + [len(x["method"]) for x in results])
     # the C++ path's best float64 row: the reference for the device rows
     cpp = next((x for x in results if x["method"] == "fastpaper GCRO-DR recycled+sorted"), None)
     head = (f"{'method':{w}s} {'matvecs/system':>15s} {'ms/system':>10s} {'failed':>7s} "
-            f"{'speedup vs scipy gmres':>23s} {'vs C++ GCRO-DR rec+sort':>24s}")
+            f"{'speedup vs scipy gmres':>23s} {'vs scipy gcrotmk':>17s} {'vs C++ GCRO-DR rec+sort':>24s}")
     print(head)
     print("-" * len(head))
     for x in results:
@@ -282,10 +296,12 @@ def run_grid(args, grid):
             continue
         x["speedup_vs_scipy_gmres"] = base["ms_per_system"] / x["ms_per_system"] if base else None
         sp = f"{x['speedup_vs_scipy_gmres']:.2f}x" if base else "-"
+        x["speedup_vs_scipy_gcrotmk"] = gcrot["ms_per_system"] / x["ms_per_system"] if gcrot else None
+        sg = f"{x['speedup_vs_scipy_gcrotmk']:.2f}x" if gcrot else "-"
         x["speedup_vs_cpp_gcrodr"] = cpp["ms_per_system"] / x["ms_per_system"] if cpp else None
         sc = f"{x['speedup_vs_cpp_gcrodr']:.2f}x" if cpp else "-"
         print(f"{x['method']:{w}s} {x['matvecs_mean']:15.1f} {x['ms_per_system']:10.2f} "
-              f"{x['failed']:7d} {sp:>23s} {sc:>24s}")
+              f"{x['failed']:7d} {sp:>23s} {sg:>17s} {sc:>24s}")
     return {"family": args.family, "grid": grid, "n": n, "count": args.count, "rtol": args.rtol,
             "device": args.device,
             "dtype": str(As[0].dtype),

@@ -129,6 +129,26 @@ def test_single_precision_store(tmp_path, family):
         generate(family, 22, 4, str(tmp_path / "x.zarr"), precision="half", progress=False)
 
 
+@pytest.mark.parametrize("family", ["darcy", "helmholtz"])
+def test_mixed_precision_store_holds_double_solutions_to_rtol(tmp_path, family):
+    out = str(tmp_path / "m.zarr")
+    args = ["krylov", "generate", "--family", family, "--grid", "22", "--count", "4", "--m", "30",
+            "--k", "6", "--precond", "ilu0", "--precision", "mixed", "--no-progress", "--out", out]
+    assert cli.main(args) == 0
+    g = zarr.open_group(out, mode="r")
+    sol = g["solutions"][:]
+    assert sol.dtype == (np.complex128 if family == "helmholtz" else np.float64)
+    fam = make_family(family, 22)
+    col = STATS_COLUMNS.index("relative_residual")
+    for i in range(4):
+        A, b = fam.assemble(g["params"][i])
+        x = sol[i].ravel()
+        # the stored double solution meets rtol = 1e-8 on the double system itself
+        assert np.linalg.norm(b - A @ x) <= 1e-8 * np.linalg.norm(b) * (1 + 1e-6)
+        assert g["stats"][i, col] <= 1e-8
+    assert dict(g.attrs["settings"])["precision"] == "mixed"
+
+
 def test_generate_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="family"):
         generate("heat", 20, 3, str(tmp_path / "a.zarr"), progress=False)

@@ -4,7 +4,8 @@ Store layout (``zarr`` >= 3, one chunk per sample so that every write is indepen
 
 * ``params``    (count, grid, grid) float64 -- the sampled parameter (sample i from seed and i)
 * ``solutions`` (count, grid-2, grid-2) float64 (complex128 for helmholtz; float32 / complex64 with
-  ``precision="single"``) -- interior solution
+  ``precision="single"``) -- interior solution (``precision="mixed"``: float64 / complex128 systems
+  and solutions, solved with a single-precision Krylov basis)
 * ``stats``     (count, 6) float64 -- iterations, matvecs, relative residual, converged, seconds,
   position in the solve order
 * ``order``     (count,) int64 -- the solve order (from :func:`fastpaper.krylov.sort_systems`)
@@ -138,7 +139,8 @@ def solve_chunk(out: str, chunk: int, start: int, end: int, limit: Optional[int]
     s = st["grid"] - 2
     order = g["order"][start:end]
     solver = krylov.RecyclingSolver(st["m"], st["k"], rtol=st["rtol"], M=st["precond"],
-                                    maxiter=st["maxiter"])
+                                    maxiter=st["maxiter"],
+                                    precision="mixed" if st.get("precision") == "mixed" else "full")
     done = _chunk_done(out, chunk)
     saved = _load_recycle(out, chunk, done)
     if saved is not None:
@@ -192,8 +194,11 @@ def generate(family: str, grid: int, count: int, out: str, *, seed: int = 0,
     ``stop_after``: solve at most this many systems in this call, single-process only (for tests and
     for splitting a run into sessions). ``precision="single"``: assemble float32 / complex64
     systems and store single-precision solutions (half the storage; the solver keeps a double
-    iterate, so ``rtol`` below float32's resolution is still reached before rounding). Returns a summary dict (totals of this call and overall
-    progress).
+    iterate, so ``rtol`` below float32's resolution is still reached before rounding).
+    ``precision="mixed"``: double systems and solutions, each solved to ``rtol`` on its double
+    residual with a single-precision Krylov basis (:func:`fastpaper.krylov.gcrodr`'s
+    ``precision="mixed"``; usually the fastest). Returns a summary dict (totals of this call and
+    overall progress).
     """
     zarr = _zarr()
     fam = make_family(family, grid)
@@ -205,8 +210,8 @@ def generate(family: str, grid: int, count: int, out: str, *, seed: int = 0,
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
-    if precision not in ("double", "single"):
-        raise ValueError(f"precision: expected 'double' or 'single', got {precision!r}")
+    if precision not in ("double", "mixed", "single"):
+        raise ValueError(f"precision: expected 'double', 'mixed' or 'single', got {precision!r}")
     if scheduler is not None and stop_after is not None:
         raise ValueError("stop_after: only for single-process runs (no scheduler)")
     settings = {"format": _FORMAT, "family": family, "grid": int(grid), "count": int(count),
@@ -230,8 +235,9 @@ def generate(family: str, grid: int, count: int, out: str, *, seed: int = 0,
         g.create_array("params", shape=(count, grid, grid), chunks=(1, grid, grid), dtype="f8",
                        fill_value=np.nan)
         cplx = np.iscomplexobj(fam.assemble(fam.sample(0, seed))[1])
-        sol_dtype = {(False, "double"): "f8", (True, "double"): "c16",
-                     (False, "single"): "f4", (True, "single"): "c8"}[(cplx, precision)]
+        sol_dtype = {(False, "double"): "f8", (True, "double"): "c16", (False, "mixed"): "f8",
+                     (True, "mixed"): "c16", (False, "single"): "f4",
+                     (True, "single"): "c8"}[(cplx, precision)]
         g.create_array("solutions", shape=(count, s, s), chunks=(1, s, s),
                        dtype=sol_dtype, fill_value=np.nan)
         g.create_array("stats", shape=(count, len(STATS_COLUMNS)), chunks=(1, len(STATS_COLUMNS)),
