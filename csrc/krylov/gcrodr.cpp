@@ -600,12 +600,21 @@ Status solve_mixed(const Csr<detail::WideOf<T>>& A, const PreconditionerT<T>& M,
                           ? static_cast<const int32_t*>(A.indptr)[A.rows]
                           : static_cast<const int64_t*>(A.indptr)[A.rows];
   std::vector<T> low(static_cast<size_t>(nnz));
+  // Checked before the conversion: rounding a double beyond float's range is undefined behaviour.
+  constexpr double kMax = std::numeric_limits<float>::max();
   for (int64_t e = 0; e < nnz; ++e) {
-    low[e] = static_cast<T>(A.values[e]);
-    if (!finite(low[e])) {
+    const auto& v = A.values[e];
+    double big = 0;
+    if constexpr (is_complex_v<T>) {
+      big = std::max(std::abs(v.real()), std::abs(v.imag()));
+    } else {
+      big = std::abs(v);
+    }
+    if (big > kMax) {
       return fail(Status::invalid_argument,
                   "A: entry " + std::to_string(e) + " overflows single precision; use full precision");
     }
+    low[e] = static_cast<T>(v);
   }
   Csr<T> a_low{A.rows, A.cols, A.index, A.indptr, A.indices, low.data()};
   OperatorT<T> op;

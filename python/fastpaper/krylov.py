@@ -19,7 +19,10 @@ Both solvers run in C++ (``fastpaper._krylov``: OpenMP SpMV, OpenBLAS/LAPACK fro
 scipy-openblas32, CGS2 orthogonalization, LAPACK ``?geev``/``?ggev`` for the harmonic Ritz
 problem) for host arrays, and in :mod:`fastpaper.krylov_device` (the same algorithm on torch
 tensors: cuSPARSE SpMV and cuBLAS through torch on CUDA, small dense problems on the host) for
-torch CUDA tensors and cupy sparse matrices, or any input with ``device=``. Single precision (float32 / complex64) is mixed precision: A, the preconditioner, the
+torch CUDA tensors and cupy sparse matrices, or any input with ``device=``.
+``precision="mixed"`` solves a float64 / complex128 system to rtol on its own residual with a
+single-precision basis (GMRES-IR; usually the fastest setting). Single precision (float32 /
+complex64) systems always run that way: A, the preconditioner, the
 Krylov basis and the recycle space are single (half the memory traffic that bounds large solves:
 2-3x faster per iteration at n = 6.5e4), while the iterate and the true residual of a matrix A are
 accumulated in double, so each restart refines the solution and rtol may go below float32's own

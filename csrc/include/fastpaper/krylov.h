@@ -20,7 +20,9 @@
 //
 // GCRO-DR cycle (k recycled vectors U (n x k), C = A M^{-1} U with C^T C = I):
 //   r <- r - C C^T r, x <- x + M^{-1} U C^T r                  (project out range(C))
-//   m - k Arnoldi steps with (I - C C^T) A M^{-1}, orthogonalized against [C, V] by CGS2:
+//   m - k Arnoldi steps with (I - C C^T) A M^{-1}, orthogonalized against [C, V] by CGS2 (the
+//   second update skipped when the first pass left the new vector orthogonal to 1e-10 in double,
+//   1e-4 in single precision; its projection is computed in the first pass's update sweep):
 //     A M^{-1} V_p = C B_p + V_{p+1} Hbar_p
 //   min ||beta e1 - Hbar_p y||  (Givens), x <- x + M^{-1} (V_p y - U B_p y)
 //   harmonic Ritz vectors of A M^{-1} on range([U, V_p]): Ghat^T Ghat z = theta Ghat^T Vhat^T What z
