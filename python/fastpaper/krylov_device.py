@@ -8,7 +8,9 @@ solve on a CUDA device never leaves it:
   :math:`C = A M^{-1} U` for a new system one cuSPARSE SpMM.
 * **Orthogonalization.** Arnoldi with :math:`(I - C C^H) A M^{-1}`, CGS2 against :math:`[C, V]`
   stored as the rows of one ``(m + 1, n)`` tensor W: two passes of :math:`h = W_j^H w`,
-  :math:`w \leftarrow w - W_j h` (``torch.mv`` / ``addmv`` -> cuBLAS gemv). Basis updates
+  :math:`w \leftarrow w - W_j h` (``torch.mv`` / ``addmv`` -> cuBLAS gemv), both always (the C++
+  solver skips the second update when the first pass is already orthogonal to working precision;
+  deciding that here would cost a second device-to-host synchronization per step). Basis updates
   (:math:`C \leftarrow \hat V Q`, :math:`U \leftarrow \hat W P R^{-1}`) are cuBLAS gemm; the QR of
   :math:`A M^{-1} U` for a new system is ``torch.linalg.qr`` on the device (cuSOLVER), followed by
   :math:`U \leftarrow U R^{-1}` (``torch.linalg.solve_triangular``).
