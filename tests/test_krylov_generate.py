@@ -64,7 +64,8 @@ def test_resume_after_sigkill(tmp_path):
     out = str(tmp_path / "k.zarr")
     cmd = [sys.executable, "-c", "import sys; from fastpaper.cli import main; sys.exit(main())",
            "krylov", "generate", "--family", "poisson", "--grid", "34", "--count", "60",
-           "--m", "20", "--k", "6", "--no-progress", "--out", out]
+           "--m", "20", "--k", "6", "--precond", "none", "--precision", "double",  # slow enough
+           "--no-progress", "--out", out]                                          # to be killed
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     done = 0

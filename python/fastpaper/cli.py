@@ -116,11 +116,12 @@ def _add_krylov(sub) -> None:
     g.add_argument("--m", type=int, default=40, help="GCRO-DR restart length")
     g.add_argument("--k", type=int, default=20, help="recycled vectors")
     g.add_argument("--rtol", type=float, default=1e-8)
-    g.add_argument("--precond", choices=("none", "jacobi", "ilu0"), default="none")
+    g.add_argument("--precond", choices=("none", "jacobi", "ilu0"), default="ilu0")
     g.add_argument("--maxiter", type=int, default=None)
-    g.add_argument("--precision", choices=("double", "mixed", "single"), default="double",
-                   help="mixed: double systems and solutions, single-precision Krylov basis; "
-                        "single: float32/complex64 systems and solutions")
+    g.add_argument("--precision", choices=("double", "mixed", "single"), default="mixed",
+                   help="mixed (default): double systems and solutions, each solved to rtol on "
+                        "its double residual with a single-precision Krylov basis; double: all in "
+                        "double; single: float32/complex64 systems and solutions")
     g.add_argument("--chunk-size", type=int, default=None,
                    help="systems per recycling chunk of the sorted sequence (default: all)")
     g.add_argument("--scheduler", default=None, metavar="ADDRESS",

@@ -182,22 +182,23 @@ def _zarr():
 
 def generate(family: str, grid: int, count: int, out: str, *, seed: int = 0,
              sort: Optional[str] = "auto", m: int = 40, k: int = 20, rtol: float = 1e-8,
-             precond: Optional[str] = None, maxiter: Optional[int] = None,
+             precond: Optional[str] = "ilu0", maxiter: Optional[int] = None,
              chunk_size: Optional[int] = None, scheduler=None,
              progress: bool = True, stop_after: Optional[int] = None,
-             precision: str = "double") -> dict:
+             precision: str = "mixed") -> dict:
     """Generate ``count`` solved systems of ``family`` into the Zarr store ``out`` (resumable).
 
     ``sort``: a :func:`fastpaper.krylov.sort_systems` method, or None to solve in sample order.
     ``chunk_size``: systems per recycling chunk (default: all in one chunk). ``scheduler``: run the
     chunks on Dask (address string or ``distributed.Client``).
+    ``precond``: ``"ilu0"`` (default), ``"jacobi"`` or None/``"none"``.
     ``stop_after``: solve at most this many systems in this call, single-process only (for tests and
     for splitting a run into sessions). ``precision="single"``: assemble float32 / complex64
     systems and store single-precision solutions (half the storage; the solver keeps a double
     iterate, so ``rtol`` below float32's resolution is still reached before rounding).
-    ``precision="mixed"``: double systems and solutions, each solved to ``rtol`` on its double
-    residual with a single-precision Krylov basis (:func:`fastpaper.krylov.gcrodr`'s
-    ``precision="mixed"``; usually the fastest). Returns a summary dict (totals of this call and
+    ``precision="mixed"`` (default): double systems and solutions, each solved to ``rtol`` on its
+    double residual with a single-precision Krylov basis (:func:`fastpaper.krylov.gcrodr`'s
+    ``precision="mixed"``; usually the fastest); ``"double"``: everything in double. Returns a summary dict (totals of this call and
     overall progress).
     """
     zarr = _zarr()
@@ -207,6 +208,9 @@ def generate(family: str, grid: int, count: int, out: str, *, seed: int = 0,
     if sort not in (None, "none", "auto", "greedy", "fft-gray"):
         raise ValueError(f"sort: expected none, auto, greedy or fft-gray, got {sort!r}")
     sort = None if sort == "none" else sort
+    if precond not in (None, "none", "jacobi", "ilu0"):
+        raise ValueError(f"precond: expected none, jacobi or ilu0, got {precond!r}")
+    precond = None if precond == "none" else precond
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size: expected an integer >= 1, got {chunk_size!r}")
