@@ -50,11 +50,28 @@ Status run_forward(const FwdArgs<S, T>& a, const Shape& s, Device device, void* 
   if (Status st = check_shape(s, device); st != Status::ok) return st;
   if (empty(s)) return Status::ok;
   if (a.R == nullptr || a.b == nullptr || a.last == nullptr ||
-      (s.time > 0 && (a.Wx == nullptr || a.h_all == nullptr))) {
+      (s.time > 0 && ((a.Wx == nullptr && a.x == nullptr) || a.h_all == nullptr))) {
     return fail(Status::invalid_argument, "rnn::forward: null data pointer for a non-empty tensor");
   }
   if (s.time > 0 && (a.hist == nullptr) != (a.cache == nullptr)) {  // T = 0: cache is empty
     return fail(Status::invalid_argument, "rnn::forward: hist and cache are saved together");
+  }
+  if (a.Wih != nullptr) {  // forward_input
+    if (device != Device::cpu) {
+      return fail(Status::invalid_argument, "rnn::forward_input runs on the CPU only");
+    }
+    if (s.cell == Cell::gru) {
+      return fail(Status::invalid_argument,
+                  "rnn::forward_input: the GRU is not supported (compute Wx and call forward)");
+    }
+    if (a.in_dim <= 0) return fail(Status::invalid_argument, "rnn::forward_input: in_dim must be > 0");
+    int64_t n = 0;
+    if (!mul_ok(s.batch * s.time, a.in_dim, &n) || !mul_ok(s.heads * s.head_dim * 4, a.in_dim, &n)) {
+      return fail(Status::invalid_argument, "tensor sizes overflow int64");
+    }
+    if (s.time > 0 && a.x == nullptr) {
+      return fail(Status::invalid_argument, "rnn::forward_input: null x for a non-empty tensor");
+    }
   }
   if (device == Device::cuda) return cuda::forward(a, s, stream);
   cpu::forward(a, s);
@@ -128,6 +145,35 @@ Status forward(const double* Wx, const double* R, const double* b, const double*
                const int64_t* lengths, double* h_all, double* last, double* hist, double* cache,
                const Shape& s, Device device, void* stream) {
   const FwdArgs<double, double> a{Wx, R, b, states0, lengths, h_all, last, hist, cache};
+  return run_forward(a, s, device, stream);
+}
+
+Status forward_input(const void* x, const void* Wih, int64_t in_dim, const void* R, const void* b,
+                     const void* states0, const int64_t* lengths, void* h_all, void* last,
+                     float* hist, float* cache, DType dtype, const Shape& s, Device device,
+                     void* stream) {
+  if (dtype != DType::float32) {
+    return fail(Status::invalid_argument, "rnn::forward_input: dtype must be float32 (or float64)");
+  }
+  if (Wih == nullptr) return fail(Status::invalid_argument, "rnn::forward_input: Wih is null");
+  FwdArgs<float, float> a{nullptr, static_cast<const float*>(R), static_cast<const float*>(b),
+                          static_cast<const float*>(states0), lengths,
+                          static_cast<float*>(h_all), static_cast<float*>(last), hist, cache};
+  a.x = static_cast<const float*>(x);
+  a.Wih = static_cast<const float*>(Wih);
+  a.in_dim = in_dim;
+  return run_forward(a, s, device, stream);
+}
+
+Status forward_input(const double* x, const double* Wih, int64_t in_dim, const double* R,
+                     const double* b, const double* states0, const int64_t* lengths,
+                     double* h_all, double* last, double* hist, double* cache, const Shape& s,
+                     Device device, void* stream) {
+  if (Wih == nullptr) return fail(Status::invalid_argument, "rnn::forward_input: Wih is null");
+  FwdArgs<double, double> a{nullptr, R, b, states0, lengths, h_all, last, hist, cache};
+  a.x = x;
+  a.Wih = Wih;
+  a.in_dim = in_dim;
   return run_forward(a, s, device, stream);
 }
 

@@ -19,6 +19,7 @@
 // thread count: every value is computed by one thread in a fixed order (db: t descending, then b).
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -115,13 +116,17 @@ FP_CELL_SCHED FP_CPU_CLONES void cell_forward_block(const FwdBlock<S, T>& k, int
     for (int g = 0; g < GB; ++g) std::fill(bb[g], bb[g] + kLanes, T(0));
     for (int s = 0; s < NS; ++s) std::fill(p[s], p[s] + kLanes, T(0));
   }
+  if (!k.wx) {  // fused input projection: rec already holds x_t Wih^T + h_{t-1} R^T
+    for (int g = 0; g < G; ++g) std::fill(w[g], w[g] + kLanes, T(0));
+  }
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t o = i * kU;
-    for (int g = 0; g < G; ++g)
-      for (int64_t j = 0; j < nu; ++j) {
-        w[g][o + j] = Io<S>::load(k.wx[i * k.wx_rs + g * k.wx_gs + j]);
-        r[g][o + j] = k.rec[(i * G + g) * kU + j];
+    for (int g = 0; g < G; ++g) {
+      if (k.wx) {
+        for (int64_t j = 0; j < nu; ++j) w[g][o + j] = Io<S>::load(k.wx[i * k.wx_rs + g * k.wx_gs + j]);
       }
+      for (int64_t j = 0; j < nu; ++j) r[g][o + j] = k.rec[(i * G + g) * kU + j];
+    }
     for (int g = 0; g < GB; ++g)
       for (int64_t j = 0; j < nu; ++j) bb[g][o + j] = k.bias[g * k.b_gs + j];
     for (int s = 0; s < NS; ++s)
@@ -183,16 +188,25 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
   const int64_t UB = (DH + kU - 1) / kU, DHp = UB * kU;  // unit blocks per head, padded DH
   // per head: B(k, g * DHp + j) = R[g, n, j, k] (0 for j >= DH), so panel g * UB + u of
   // h_n B holds gate g of unit block u
+  // fused input projection: the first I packed rows of head n's B are Wih^T (rows (g, n, j) of
+  // Wih), the next DH rows R^T, and the step GEMM multiplies [x_t | h_{t-1, n}]
+  const bool fused = a.x != nullptr;
+  const int64_t I = fused ? a.in_dim : 0;
   std::vector<Packed<T>> P(static_cast<size_t>(NH));
-#pragma omp parallel for schedule(static) if (NH > 1 && G * N * DH > (1 << 16))
+#pragma omp parallel for schedule(static) if (NH > 1 && G * N * (DH + I) > (1 << 16))
   for (int64_t n = 0; n < NH; ++n) {
     // column c = g * DHp + j is row (g, n, j) of R (contiguous in k); the pointers are computed
     // once per column, not per element (no divisions in the packing loop)
     std::vector<const S*> col(static_cast<size_t>(G * DHp), nullptr);
+    std::vector<const S*> wcol(static_cast<size_t>(G * DHp), nullptr);
     for (int g = 0; g < G; ++g)
-      for (int64_t j = 0; j < DH; ++j) col[g * DHp + j] = a.R + ((g * NH + n) * DH + j) * DH;
-    P[n].pack(DH, G * DHp, [&](int64_t k, int64_t c) {
-      return col[c] ? Io<S>::load(col[c][k]) : T(0);
+      for (int64_t j = 0; j < DH; ++j) {
+        col[g * DHp + j] = a.R + ((g * NH + n) * DH + j) * DH;
+        if (fused) wcol[g * DHp + j] = a.Wih + ((g * NH + n) * DH + j) * I;
+      }
+    P[n].pack(I + DH, G * DHp, [&](int64_t k, int64_t c) {
+      if (!col[c]) return T(0);
+      return k < I ? Io<S>::load(wcol[c][k]) : Io<S>::load(col[c][k - I]);
     });
   }
   std::vector<T> bias(static_cast<size_t>(GB * N));
@@ -217,6 +231,13 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
     std::vector<T> rec(static_cast<size_t>(B * G * kU));  // [B][G][kU]: one task's h R^T
     for (int64_t t = 0; t < Tn; ++t) {
       const T* h = state(0, t);
+      // fused: every task reads all B rows of x_t (each a contiguous row, but the rows are T * I
+      // apart); request the next step's rows now, a whole step ahead
+      if (fused && t + 1 < Tn) {
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t k = 0; k < I; k += 64 / int64_t(sizeof(S)))
+            __builtin_prefetch(a.x + (b * Tn + t + 1) * I + k, 0, 2);
+      }
       for (int64_t task = task0; task < task1; ++task) {
         const int64_t n = task / UB, u = task % UB, j0 = u * kU;
         const int64_t nu = std::min(kU, DH - j0);
@@ -224,16 +245,26 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
         // 4 KiB .. 1 MiB apart and B of h_all (strides the hardware prefetcher does not follow),
         // requested now so that they arrive while the GEMM below runs.
         for (int64_t b = 0; b < B; ++b) {
-          for (int g = 0; g < G; ++g)
-            __builtin_prefetch(a.Wx + ((b * Tn + t) * G + g) * N + n * DH + j0);
+          if (!fused) {
+            for (int g = 0; g < G; ++g)
+              __builtin_prefetch(a.Wx + ((b * Tn + t) * G + g) * N + n * DH + j0);
+          }
           __builtin_prefetch(a.h_all + (b * Tn + t) * N + n * DH + j0, 1);
           if (a.cache) {
             for (int g = 0; g < GB; ++g)
               __builtin_prefetch(a.cache + (((t * B + b) * NH + n) * GB + g) * DH + j0, 1);
           }
         }
-        for (int g = 0; g < G; ++g)
-          panel_gemm(h + n * DH, N, B, P[n], g * UB + u, rec.data() + g * kU, G * kU, false);
+        if constexpr (std::is_same_v<S, T>) {
+          // the A operand: [x_t rows | h_{t-1} rows of head n] (fused) or h_{t-1} alone
+          const Seg<T> seg = fused ? Seg<T>{a.x + t * I, Tn * I, I, h + n * DH, N, DH}
+                                   : Seg<T>{h + n * DH, N, DH, nullptr, 0, 0};
+          for (int g = 0; g < G; ++g)
+            panel_gemm(seg, B, P[n], g * UB + u, rec.data() + g * kU, G * kU, false);
+        } else {
+          for (int g = 0; g < G; ++g)
+            panel_gemm(h + n * DH, N, B, P[n], g * UB + u, rec.data() + g * kU, G * kU, false);
+        }
         for (int64_t b0 = 0; b0 < B; b0 += kRows) {
           const int64_t rows = std::min(kRows, B - b0);
           bool active[kRows];
@@ -241,7 +272,7 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
             active[i] = a.lengths == nullptr || t < a.lengths[b0 + i];
           const int64_t bn = b0 * NH + n;
           FwdBlock<S, T> k{};
-          k.wx = a.Wx + ((b0 * Tn + t) * G * NH + n) * DH + j0;
+          k.wx = fused ? nullptr : a.Wx + ((b0 * Tn + t) * G * NH + n) * DH + j0;
           k.wx_rs = Tn * G * N;
           k.wx_gs = N;
           k.rec = rec.data() + b0 * G * kU;

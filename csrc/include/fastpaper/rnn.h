@@ -53,6 +53,21 @@ FASTPAPER_API Status forward(const double* Wx, const double* R, const double* b,
                              double* last, double* hist, double* cache, const Shape& shape,
                              Device device, void* stream);
 
+// forward with the input projection fused into the step GEMM (CPU only; float32 or float64;
+// not the GRU, whose n gate keeps x_t W and R h apart): instead of reading Wx, the gate inputs
+// Wx_t = x_t Wih^T are computed per step, where x [B, T, in_dim] and Wih [G * NH * DH, in_dim]
+// (rows gate-major as torch.nn.LSTM's weight_ih). Everything else (states, lengths, hist, cache,
+// outputs) as forward; backward is the same function (its dWx is the gradient of x Wih^T).
+FASTPAPER_API Status forward_input(const void* x, const void* Wih, int64_t in_dim, const void* R,
+                                   const void* b, const void* states0, const int64_t* lengths,
+                                   void* h_all, void* last, float* hist, float* cache,
+                                   DType dtype, const Shape& shape, Device device, void* stream);
+FASTPAPER_API Status forward_input(const double* x, const double* Wih, int64_t in_dim,
+                                   const double* R, const double* b, const double* states0,
+                                   const int64_t* lengths, double* h_all, double* last,
+                                   double* hist, double* cache, const Shape& shape, Device device,
+                                   void* stream);
+
 FASTPAPER_API Status backward(const void* dh_all, const void* dlast, const void* R,
                               const float* hist, const float* cache, const int64_t* lengths,
                               void* dWx, void* dR, void* db, void* dstates0, float* work,
