@@ -207,6 +207,57 @@ void set_cuda_path(const std::string& name) {
   }
 }
 
+// The backward of forward_input (CPU; float32 / float64): dx and dWih instead of dWx.
+void backward_input(nb::object dh_all, nb::object dlast, Array x, Array Wih, Array R, Array hist,
+                    Array cache, nb::object lengths, Array dx, Array dWih, Array dR, Array db,
+                    nb::object dstates0, Array work, int64_t batch, int64_t time, int64_t heads,
+                    int64_t head_dim, int64_t in_dim, int32_t cell) {
+  const rnn::Shape s = shape_of(batch, time, heads, head_dim, cell);
+  const Checker c{R, elem_of(R, "R"), bindings::device_of(R, "R")};
+  using bindings::checked_mul;
+  if (in_dim <= 0) throw nb::value_error("in_dim must be > 0");
+  const int64_t N = checked_mul(heads, head_dim, "R");
+  const int64_t BN = checked_mul(batch, N, "states");
+  const int64_t G = rnn::gates(s.cell), GB = rnn::bias_rows(s.cell), S = rnn::state_count(s.cell);
+  c.same(R, "R", checked_mul(checked_mul(G, N, "R"), head_dim, "R"));
+  c.same(dR, "dR", G * N * head_dim);
+  c.same(db, "db", checked_mul(GB, N, "db"));
+  const int64_t nx = checked_mul(checked_mul(batch, time, "x"), in_dim, "x");
+  const int64_t nw = checked_mul(checked_mul(G, N, "Wih"), in_dim, "Wih");
+  c.same(x, "x", nx);
+  c.same(dx, "dx", nx);
+  c.same(Wih, "Wih", nw);
+  c.same(dWih, "dWih", nw);
+  c.same(hist, "hist", checked_mul(S * BN, time + 1, "hist"), true);
+  c.same(cache, "cache", checked_mul(BN * GB, time, "cache"), true);
+  c.same(work, "work", rnn::backward_workspace(s), true);
+  const void* dh = c.optional(dh_all, "dh_all", checked_mul(BN, time, "dh_all"));
+  const void* dl = c.optional(dlast, "dlast", S * BN);
+  void* ds0 = const_cast<void*>(c.optional(dstates0, "dstates", S * BN));
+  const int64_t* len = c.lengths(lengths, batch);
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    if (c.el.is_double) {
+      st = rnn::backward_input(
+          static_cast<const double*>(dh), static_cast<const double*>(dl),
+          static_cast<const double*>(x.data()), static_cast<const double*>(Wih.data()), in_dim,
+          static_cast<const double*>(R.data()), static_cast<const double*>(hist.data()),
+          static_cast<const double*>(cache.data()), len, static_cast<double*>(dx.data()),
+          static_cast<double*>(dWih.data()), static_cast<double*>(dR.data()),
+          static_cast<double*>(db.data()), static_cast<double*>(ds0),
+          static_cast<double*>(work.data()), s, c.dev, nullptr);
+    } else {
+      st = rnn::backward_input(dh, dl, x.data(), Wih.data(), in_dim, R.data(),
+                               static_cast<const float*>(hist.data()),
+                               static_cast<const float*>(cache.data()), len, dx.data(),
+                               dWih.data(), dR.data(), db.data(), ds0,
+                               static_cast<float*>(work.data()), c.el.dtype, s, c.dev, nullptr);
+    }
+  }
+  bindings::raise_if_failed(st);
+}
+
 }  // namespace
 
 NB_MODULE(_rnn, m) {
@@ -227,6 +278,13 @@ NB_MODULE(_rnn, m) {
         nb::arg("db").noconvert(), nb::arg("dstates0").none(), nb::arg("work").noconvert(),
         nb::arg("batch"), nb::arg("time"), nb::arg("heads"), nb::arg("head_dim"),
         nb::arg("cell"), nb::arg("stream") = 0);
+  m.def("backward_input", &backward_input, nb::arg("dh_all").none(), nb::arg("dlast").none(),
+        nb::arg("x").noconvert(), nb::arg("Wih").noconvert(), nb::arg("R").noconvert(),
+        nb::arg("hist").noconvert(), nb::arg("cache").noconvert(), nb::arg("lengths").none(),
+        nb::arg("dx").noconvert(), nb::arg("dWih").noconvert(), nb::arg("dR").noconvert(),
+        nb::arg("db").noconvert(), nb::arg("dstates0").none(), nb::arg("work").noconvert(),
+        nb::arg("batch"), nb::arg("time"), nb::arg("heads"), nb::arg("head_dim"),
+        nb::arg("in_dim"), nb::arg("cell"));
   m.def("set_cuda_path", &set_cuda_path, nb::arg("name"),
         "Force the CUDA kernel family: 'auto', 'persistent', 'cluster', 'cooperative' or 'step'.");
   m.def("get_cuda_path", [] { return std::string(rnn::get_cuda_path()); },

@@ -375,7 +375,7 @@ FP_CELL_SCHED FP_CPU_CLONES void cell_backward_block(const BwdBlock<S, T>& k, in
         T* dst = k.w + i * k.w_rs + g * k.gs;
         for (int64_t j = 0; j < nu; ++j) dst[j] = dpre[g][o + j];
       }
-      for (int g = 0; g < C::G; ++g) {
+      for (int g = 0; g < C::G && k.dwx; ++g) {  // null: backward_input (no dWx)
         S* dst = k.dwx + i * k.dwx_rs + g * k.dwx_gs;
         const T* src = dpre[C::wx_row(g)] + o;
         for (int64_t j = 0; j < nu; ++j) dst[j] = Io<S>::store(src[j]);
@@ -388,11 +388,52 @@ FP_CELL_SCHED FP_CPU_CLONES void cell_backward_block(const BwdBlock<S, T>& k, in
       }
     } else {  // past the end: no gate gradient, the state gradients pass through
       for (int g = 0; g < GB; ++g) std::fill_n(k.w + i * k.w_rs + g * k.gs, nu, T(0));
-      for (int g = 0; g < C::G; ++g) {
+      for (int g = 0; g < C::G && k.dwx; ++g) {
         S* dst = k.dwx + i * k.dwx_rs + g * k.dwx_gs;
         for (int64_t j = 0; j < nu; ++j) dst[j] = Io<S>::store(T(0));
       }
     }
+  }
+}
+
+// backward_input: dWih = sum over the T * B rows of d pre^T x. work's rows run (t, b); x is
+// copied once into that order (x_tb [T][B][I]) so that per head one GEMM over all rows gives
+// dWp_n [G * DH x I] (rows (g, j)), which lands in dWih's rows (g, n, j).
+template <typename S, typename T>
+void input_weight_grad(const BwdArgs<S, T>& a, const Shape& sh, int G, int GB) {
+  const int64_t B = sh.batch, Tn = sh.time, NH = sh.heads, DH = sh.head_dim, I = a.in_dim;
+  const int64_t GD = G * DH, GBD = GB * DH, rows = Tn * B;
+  if (rows == 0) {  // T = 0: no gradient
+    std::fill_n(a.dWih, G * NH * DH * I, Io<S>::store(T(0)));
+    return;
+  }
+  std::vector<T> xt(static_cast<size_t>(rows * I));
+#pragma omp parallel for schedule(static) if (rows * I > (1 << 16))
+  for (int64_t t = 0; t < Tn; ++t)
+    for (int64_t b = 0; b < B; ++b) {
+      const S* src = a.x + (b * Tn + t) * I;
+      T* dst = xt.data() + (t * B + b) * I;
+      for (int64_t k = 0; k < I; ++k) dst[k] = Io<S>::load(src[k]);
+    }
+  std::vector<T> dWp(static_cast<size_t>(NH * GD * I));
+  // tasks: (head, slice of the G*DH output rows), as for dR
+  const int64_t slices =
+      std::max<int64_t>(1, std::min<int64_t>((max_threads() + NH - 1) / NH, GD / 16));
+  const int64_t slice_rows = (GD + slices - 1) / slices;
+#pragma omp parallel for schedule(static) if (NH * slices > 1 && rows * GD * I > (1 << 15))
+  for (int64_t task = 0; task < NH * slices; ++task) {
+    const int64_t n = task / slices, r0 = (task % slices) * slice_rows;
+    const int64_t m = std::min(slice_rows, GD - r0);
+    if (m <= 0) continue;
+    gemm_row_major(true, false, m, I, rows, a.work + n * GBD + r0, NH * GBD, xt.data(), I, T(0),
+                   dWp.data() + (n * GD + r0) * I, I);
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t gn = 0; gn < G * NH; ++gn) {
+    const int64_t g = gn / NH, n = gn % NH;
+    const T* src = dWp.data() + (n * GD + g * DH) * I;
+    S* dst = a.dWih + gn * DH * I;
+    for (int64_t i = 0; i < DH * I; ++i) dst[i] = Io<S>::store(src[i]);
   }
 }
 
@@ -413,6 +454,22 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
       for (int64_t j = 0; j < DH; ++j) row[g * DH + j] = a.R + ((g * NH + n) * DH + j) * DH;
     P[n].pack(GD, DH, [&](int64_t c, int64_t k) { return Io<S>::load(row[c][k]); });
   }
+  // backward_input: dx_t = d pre_t Wih, with d pre_t a row of work ([NH][G][DH], G == GB for
+  // the cells forward_input runs) and Wih's rows ordered (g, n, j): Q packs Wih with its rows
+  // permuted to work's (n, g, j) order, panel q = input columns 16 q ..; the panels are split
+  // across threads (fixed ranges), each computes its columns of dx_{t+1} right after the barrier
+  // that completes d pre_{t+1}
+  const bool fused = a.x != nullptr;
+  const int64_t I = fused ? a.in_dim : 0, IB = (I + kU - 1) / kU;
+  Packed<T> Q;
+  if (fused) {
+    std::vector<const S*> row(static_cast<size_t>(N * G));
+    for (int64_t n = 0; n < NH; ++n)
+      for (int g = 0; g < G; ++g)
+        for (int64_t j = 0; j < DH; ++j)
+          row[(n * G + g) * DH + j] = a.Wih + ((g * NH + n) * DH + j) * I;
+    Q.pack(N * G, I, [&](int64_t k, int64_t c) { return Io<S>::load(row[k][c]); });
+  }
   // dS: gradient of the states entering the current step (walking backwards)
   std::vector<T> db(static_cast<size_t>(GB * N), T(0));  // [GB][NH][DH] sums of d pre
   std::vector<T> dS(static_cast<size_t>(NS * BN));
@@ -426,15 +483,25 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
   {
     const int tid = thread_id(), nt = thread_count();
     const int64_t task0 = tasks * tid / nt, task1 = tasks * (tid + 1) / nt;
+    const int64_t q0 = IB * tid / nt, q1 = IB * (tid + 1) / nt;
+    auto dx_step = [&](int64_t t) {  // dx_t = d pre_t Wih on this thread's input columns
+      if constexpr (std::is_same_v<S, T>) {
+        for (int64_t q = q0; q < q1; ++q)
+          panel_gemm(work(t), NH * GBD, B, Q, q, a.dx + t * I + q * kU, Tn * I, false);
+      }
+    };
     for (int64_t t = Tn - 1; t >= 0; --t) {
+      if (fused && t + 1 < Tn) dx_step(t + 1);
       for (int64_t task = task0; task < task1; ++task) {
         const int64_t n = task / UB, u = task % UB, j0 = u * kU;
         const int64_t nu = std::min(kU, DH - j0);
         // this step's strided rows of these units (as in the forward), before the GEMM
         for (int64_t b = 0; b < B; ++b) {
           if (a.dh_all) __builtin_prefetch(a.dh_all + (b * Tn + t) * N + n * DH + j0);
-          for (int g = 0; g < G; ++g)
-            __builtin_prefetch(a.dWx + ((b * Tn + t) * G + g) * N + n * DH + j0, 1);
+          if (!fused) {
+            for (int g = 0; g < G; ++g)
+              __builtin_prefetch(a.dWx + ((b * Tn + t) * G + g) * N + n * DH + j0, 1);
+          }
           for (int g = 0; g < GB; ++g) {
             __builtin_prefetch(a.cache + (((t * B + b) * NH + n) * GB + g) * DH + j0);
             __builtin_prefetch(work(t) + ((b * NH + n) * GB + g) * DH + j0, 1);
@@ -463,7 +530,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
           k.dh_rs = Tn * N;
           k.w = work(t) + bn * GBD + j0;
           k.w_rs = NH * GBD;
-          k.dwx = a.dWx + ((b0 * Tn + t) * G * NH + n) * DH + j0;
+          k.dwx = fused ? nullptr : a.dWx + ((b0 * Tn + t) * G * NH + n) * DH + j0;
           k.dwx_rs = Tn * G * N;
           k.dwx_gs = N;
           k.db = db.data() + n * DH + j0;
@@ -478,6 +545,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
       }
 #pragma omp barrier
     }
+    if (fused && Tn > 0) dx_step(0);
     // the R path of the first step into the initial h
     if (a.dstates0 && Tn > 0) {
       for (int64_t task = task0; task < task1; ++task) {
@@ -511,6 +579,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
     for (int64_t i = 0; i < DH * DH; ++i) dst[i] = Io<S>::store(src[i]);
   }
   for (int64_t i = 0; i < GB * N; ++i) a.db[i] = Io<S>::store(db[i]);
+  if (fused) input_weight_grad<S, T>(a, sh, G, GB);
 }
 
 }  // namespace

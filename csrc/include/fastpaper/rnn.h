@@ -77,6 +77,23 @@ FASTPAPER_API Status backward(const double* dh_all, const double* dlast, const d
                               double* dWx, double* dR, double* db, double* dstates0, double* work,
                               const Shape& shape, Device device, void* stream);
 
+// The backward of forward_input (CPU only; float32 or float64): as backward, but instead of dWx
+// it writes dx [B, T, in_dim] = dWx Wih and dWih [G * NH * DH, in_dim] = dWx^T x (the gradients
+// of x and Wih; dWx, the gradient of x_t Wih^T, is never materialized: dx is computed per step
+// with the recurrence and dWih by one GEMM from the workspace).
+FASTPAPER_API Status backward_input(const void* dh_all, const void* dlast, const void* x,
+                                    const void* Wih, int64_t in_dim, const void* R,
+                                    const float* hist, const float* cache, const int64_t* lengths,
+                                    void* dx, void* dWih, void* dR, void* db, void* dstates0,
+                                    float* work, DType dtype, const Shape& shape, Device device,
+                                    void* stream);
+FASTPAPER_API Status backward_input(const double* dh_all, const double* dlast, const double* x,
+                                    const double* Wih, int64_t in_dim, const double* R,
+                                    const double* hist, const double* cache,
+                                    const int64_t* lengths, double* dx, double* dWih, double* dR,
+                                    double* db, double* dstates0, double* work, const Shape& shape,
+                                    Device device, void* stream);
+
 // CUDA kernel family (cuda/rnn/rnn_cuda.cu, choose_path): "auto" (default) picks, in order, the
 // first that fits: "persistent" (R_n in one CTA's shared memory), "cluster" (sm_90+: R_n sliced
 // over a thread-block cluster of up to 16 CTAs, h exchanged through distributed shared memory),
