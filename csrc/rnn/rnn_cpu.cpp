@@ -143,8 +143,14 @@ FP_CELL_SCHED FP_CPU_CLONES void cell_forward_block(const FwdBlock<S, T>& k, int
     for (int g = 0; g < GB; ++g) bj[g] = bb[g][m];
     for (int s = 0; s < NS; ++s) pj[s] = p[s][m];
     C::preact(wj, rj, bj, prej);
-    C::forward(prej, pj, nxj);
-    for (int g = 0; g < GB; ++g) pre[g][m] = prej[g];
+    if constexpr (C::kCachesGates) {  // cache the activated gates (rnn_cells.h)
+      T act[GB];
+      C::forward_gates(prej, pj, nxj, act);
+      for (int g = 0; g < GB; ++g) pre[g][m] = act[g];
+    } else {
+      C::forward(prej, pj, nxj);
+      for (int g = 0; g < GB; ++g) pre[g][m] = prej[g];
+    }
     for (int s = 0; s < NS; ++s) nx[s][m] = nxj[s];
   }
   for (int64_t i = 0; i < rows; ++i) {
@@ -308,9 +314,10 @@ void forward_cell(const FwdArgs<S, T>& a, const Shape& sh) {
 // One task's rows for the cell backward (strides as in FwdBlock; pre and w share gate stride gs).
 template <typename S, typename T>
 struct BwdBlock {
-  const T* pre;
+  const T* pre;  // the cache rows: pre, or the activated gates (C::kCachesGates)
   int64_t pre_rs, gs;
   const T* prev[4];
+  const T* next[4];  // the states after the step (read when C::kCachesGates)
   T* dS[4];
   int64_t st_rs;
   const S* dh;  // nullable
@@ -330,13 +337,16 @@ FP_CELL_SCHED FP_CPU_CLONES void cell_backward_block(const BwdBlock<S, T>& k, in
                                                      int64_t nu_) {
   constexpr int GB = C::GB, NS = C::S;
   const int64_t nu = NU > 0 ? NU : nu_;
+  constexpr int NN = C::kCachesGates ? NS : 1;  // next states read
   T pre[GB][kLanes], p[NS][kLanes], dn[NS][kLanes], dp[NS][kLanes], dpre[GB][kLanes];
+  T nx[NN][kLanes];
   if (NU == 0) {
     for (int g = 0; g < GB; ++g) std::fill(pre[g], pre[g] + kLanes, T(0));
     for (int s = 0; s < NS; ++s) {
       std::fill(p[s], p[s] + kLanes, T(0));
       std::fill(dn[s], dn[s] + kLanes, T(0));
     }
+    for (int s = 0; s < NN; ++s) std::fill(nx[s], nx[s] + kLanes, T(0));
   }
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t o = i * kU;
@@ -347,6 +357,10 @@ FP_CELL_SCHED FP_CPU_CLONES void cell_backward_block(const BwdBlock<S, T>& k, in
         p[s][o + j] = k.prev[s][i * k.st_rs + j];
         dn[s][o + j] = k.dS[s][i * k.st_rs + j];
       }
+    if constexpr (C::kCachesGates) {
+      for (int s = 0; s < NS; ++s)
+        for (int64_t j = 0; j < nu; ++j) nx[s][o + j] = k.next[s][i * k.st_rs + j];
+    }
     if (k.dh) {
       for (int64_t j = 0; j < nu; ++j) dn[0][o + j] += Io<S>::load(k.dh[i * k.dh_rs + j]);
     }
@@ -360,7 +374,13 @@ FP_CELL_SCHED FP_CPU_CLONES void cell_backward_block(const BwdBlock<S, T>& k, in
       pj[s] = p[s][m];
       dnj[s] = dn[s][m];
     }
-    C::backward(prej, pj, dnj, dpj, dprej);
+    if constexpr (C::kCachesGates) {
+      T nxj[NS];
+      for (int s = 0; s < NS; ++s) nxj[s] = nx[s][m];
+      C::backward_gates(prej, pj, nxj, dnj, dpj, dprej);
+    } else {
+      C::backward(prej, pj, dnj, dpj, dprej);
+    }
     for (int s = 0; s < NS; ++s) dp[s][m] = dpj[s];
     for (int g = 0; g < GB; ++g) dpre[g][m] = dprej[g];
   }
@@ -523,6 +543,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
           k.gs = DH;
           for (int s = 0; s < NS; ++s) {
             k.prev[s] = hist(s, t) + bn * DH + j0;
+            k.next[s] = hist(s, t + 1) + bn * DH + j0;
             k.dS[s] = dS.data() + s * BN + bn * DH + j0;
           }
           k.st_rs = N;

@@ -4,7 +4,7 @@
 
 rnn_forward returns, besides the hidden states and the last states, what its backward needs:
 ``hist`` [S, T+1, B, NH, DH] (every state after every step; hist[:, 0] are the initial states)
-and ``cache`` [T, B, NH, GB, DH] (the pre-activations), in float32 (float64 for float64 data);
+and ``cache`` [T, B, NH, GB, DH] (the pre-activations; the CPU LSTM's activated gates), in float32 (float64 for float64 data);
 both are empty when ``save`` is False (inference). The autograd formula of rnn_forward is the
 rnn_backward op, which reverses time once and returns dWx, dR, db (deterministic sums) and the
 initial-state gradient. Kernels run on torch's current CUDA stream; outputs are allocated here.

@@ -8,7 +8,8 @@
 // forward also writes, when the pointers are non-null, what backward needs (compute type:
 // float, or double for the float64 overload):
 //   hist  [S, T + 1, B, NH, DH]  hist[:, 0] = initial states, hist[:, t + 1] = states after step t
-//   cache [T, B, NH, GB, DH]     the pre-activations `pre` of every step (rnn_cells.h)
+//   cache [T, B, NH, GB, DH]     the pre-activations `pre` of every step (rnn_cells.h); the CPU
+//                                LSTM caches the activated gates instead (Lstm::forward_gates)
 // lengths (nullable, int64 [B], on the same device as the data, each in [0, T]): sequence b stops
 // at lengths[b]: for t >= lengths[b] its states stay frozen (hist repeats them), its h_all rows are
 // zero, and last = the states after its last step (the initial states when lengths[b] == 0).
