@@ -29,6 +29,8 @@ struct Packed {
     N = n_;
     panels = (N + kNR - 1) / kNR;
     data.assign(static_cast<size_t>(panels * K * kNR), T(0));
+    // a pure copy, split over panels (one head's B is up to MBs: the fused input projection)
+#pragma omp parallel for schedule(static) if (panels > 1 && K * N >= (1 << 17))
     for (int64_t p = 0; p < panels; ++p)
       for (int64_t k = 0; k < K; ++k)
         for (int j = 0; j < kNR && p * kNR + j < N; ++j) data[(p * K + k) * kNR + j] = at(k, p * kNR + j);
