@@ -71,6 +71,22 @@ def test_gradients_match_reference(cell, dtype):
         torch.testing.assert_close(g, w, atol=tol, rtol=tol, msg=lambda m: f"d{name}: {m}")
 
 
+def test_weight_gradients_without_input_gradient():
+    """x without requires_grad (a first layer's input): dx is skipped, dW / dR / db unchanged."""
+    x, W, R, b, st = _inputs("lstm", 4, 5, 1, 16, 6, torch.float32, seed=12)
+
+    def grads(x_grad):
+        ts = [W.clone().requires_grad_(), R.clone().requires_grad_(), b.clone().requires_grad_()]
+        xx = x.clone().requires_grad_(x_grad)
+        h, last = rnn.flashrnn_input(xx, *ts[:1], *ts[1:], st)
+        (h.sum() + last.sum()).backward()
+        assert (xx.grad is not None) == x_grad
+        return [t.grad for t in ts]
+
+    for g1, g2 in zip(grads(False), grads(True)):
+        assert torch.equal(g1, g2)
+
+
 def test_gradcheck_float64():
     ins = [t.requires_grad_() for t in _inputs("lstm", 2, 3, 2, 3, 4, torch.float64, seed=7)]
     lengths = torch.tensor([3, 1])

@@ -209,7 +209,7 @@ void set_cuda_path(const std::string& name) {
 
 // The backward of forward_input (CPU; float32 / float64): dx and dWih instead of dWx.
 void backward_input(nb::object dh_all, nb::object dlast, Array x, Array Wih, Array R, Array hist,
-                    Array cache, nb::object lengths, Array dx, Array dWih, Array dR, Array db,
+                    Array cache, nb::object lengths, nb::object dx, Array dWih, Array dR, Array db,
                     nb::object dstates0, Array work, int64_t batch, int64_t time, int64_t heads,
                     int64_t head_dim, int64_t in_dim, int32_t cell) {
   const rnn::Shape s = shape_of(batch, time, heads, head_dim, cell);
@@ -225,7 +225,7 @@ void backward_input(nb::object dh_all, nb::object dlast, Array x, Array Wih, Arr
   const int64_t nx = checked_mul(checked_mul(batch, time, "x"), in_dim, "x");
   const int64_t nw = checked_mul(checked_mul(G, N, "Wih"), in_dim, "Wih");
   c.same(x, "x", nx);
-  c.same(dx, "dx", nx);
+  void* dxp = const_cast<void*>(c.optional(dx, "dx", nx));
   c.same(Wih, "Wih", nw);
   c.same(dWih, "dWih", nw);
   c.same(hist, "hist", checked_mul(S * BN, time + 1, "hist"), true);
@@ -243,14 +243,14 @@ void backward_input(nb::object dh_all, nb::object dlast, Array x, Array Wih, Arr
           static_cast<const double*>(dh), static_cast<const double*>(dl),
           static_cast<const double*>(x.data()), static_cast<const double*>(Wih.data()), in_dim,
           static_cast<const double*>(R.data()), static_cast<const double*>(hist.data()),
-          static_cast<const double*>(cache.data()), len, static_cast<double*>(dx.data()),
+          static_cast<const double*>(cache.data()), len, static_cast<double*>(dxp),
           static_cast<double*>(dWih.data()), static_cast<double*>(dR.data()),
           static_cast<double*>(db.data()), static_cast<double*>(ds0),
           static_cast<double*>(work.data()), s, c.dev, nullptr);
     } else {
       st = rnn::backward_input(dh, dl, x.data(), Wih.data(), in_dim, R.data(),
                                static_cast<const float*>(hist.data()),
-                               static_cast<const float*>(cache.data()), len, dx.data(),
+                               static_cast<const float*>(cache.data()), len, dxp,
                                dWih.data(), dR.data(), db.data(), ds0,
                                static_cast<float*>(work.data()), c.el.dtype, s, c.dev, nullptr);
     }
@@ -281,7 +281,7 @@ NB_MODULE(_rnn, m) {
   m.def("backward_input", &backward_input, nb::arg("dh_all").none(), nb::arg("dlast").none(),
         nb::arg("x").noconvert(), nb::arg("Wih").noconvert(), nb::arg("R").noconvert(),
         nb::arg("hist").noconvert(), nb::arg("cache").noconvert(), nb::arg("lengths").none(),
-        nb::arg("dx").noconvert(), nb::arg("dWih").noconvert(), nb::arg("dR").noconvert(),
+        nb::arg("dx").none(), nb::arg("dWih").noconvert(), nb::arg("dR").noconvert(),
         nb::arg("db").noconvert(), nb::arg("dstates0").none(), nb::arg("work").noconvert(),
         nb::arg("batch"), nb::arg("time"), nb::arg("heads"), nb::arg("head_dim"),
         nb::arg("in_dim"), nb::arg("cell"));

@@ -91,8 +91,7 @@ Status run_backward(const BwdArgs<S, T>& a, const Shape& s, Device device, void*
   if (empty(s)) return Status::ok;
   if (a.R == nullptr || a.hist == nullptr || a.dR == nullptr || a.db == nullptr ||
       (s.time > 0 && (a.cache == nullptr || a.work == nullptr ||
-                      (a.Wih == nullptr ? a.dWx == nullptr
-                                        : (a.x == nullptr || a.dx == nullptr))))) {
+                      (a.Wih == nullptr ? a.dWx == nullptr : a.x == nullptr)))) {
     return fail(Status::invalid_argument, "rnn::backward: null data pointer for a non-empty tensor");
   }
   if (a.Wih != nullptr) {  // backward_input

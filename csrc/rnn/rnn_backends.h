@@ -48,7 +48,7 @@ struct BwdArgs {
   const S* x = nullptr;
   const S* Wih = nullptr;
   int64_t in_dim = 0;
-  S* dx = nullptr;
+  S* dx = nullptr;  // nullable: dx not wanted
   S* dWih = nullptr;
 };
 

@@ -11,6 +11,11 @@
 //      (fastpaper/detail/rnn_cells.h) on those units, reading Wx in storage precision and writing
 //      h_all, the next states and the pre-activations; then the barrier (h_t is complete).
 // States stay in the compute type (float or double) between steps; only h_all/last are rounded.
+// forward_input (fused input projection): head n's packed B is [Wih_n; R_n]^T (I + DH rows) and
+// step 1 multiplies [x_t | h_{t-1}], so Wx never goes through memory; backward_input then skips
+// dWx: per step, right after the barrier that completes d pre_{t+1}, each thread computes its
+// input columns of dx_{t+1} = d pre_{t+1} Wih (Wih packed once), and dWih comes from the same
+// GEMM as dR. The LSTM caches its activated gates (rnn_cells.h, Lstm::forward_gates).
 // Backward walks time in reverse with the same tasks: per step t, first dh_t += d pre_{t+1} R for
 // the task's units (a panel of R^T over all G*DH gate rows), then the pointwise backward of step t
 // for those units gives d pre_t (kept in `work`, also written to dWx and added to the db sums
@@ -441,7 +446,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
   const bool fused = a.x != nullptr;
   const int64_t I = fused ? a.in_dim : 0, IB = (I + kU - 1) / kU;
   Packed<T> Q;
-  if (fused) {
+  if (fused && a.dx) {
     std::vector<const S*> row(static_cast<size_t>(N * G));
     for (int64_t n = 0; n < NH; ++n)
       for (int g = 0; g < G; ++g)
@@ -470,7 +475,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
       }
     };
     for (int64_t t = Tn - 1; t >= 0; --t) {
-      if (fused && t + 1 < Tn) dx_step(t + 1);
+      if (a.dx && t + 1 < Tn) dx_step(t + 1);
       for (int64_t task = task0; task < task1; ++task) {
         const int64_t n = task / UB, u = task % UB, j0 = u * kU;
         const int64_t nu = std::min(kU, DH - j0);
@@ -525,7 +530,7 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
       }
 #pragma omp barrier
     }
-    if (fused && Tn > 0) dx_step(0);
+    if (a.dx && Tn > 0) dx_step(0);
     // the R path of the first step into the initial h
     if (a.dstates0 && Tn > 0) {
       for (int64_t task = task0; task < task1; ++task) {

@@ -28,8 +28,8 @@ LIB.define("rnn_forward(Tensor Wx, Tensor R, Tensor b, Tensor? states, Tensor? l
 LIB.define("rnn_forward_input(Tensor x, Tensor W, Tensor R, Tensor b, Tensor? states, "
            "Tensor? lengths, int cell, bool save) -> (Tensor, Tensor, Tensor, Tensor)")
 LIB.define("rnn_backward_input(Tensor? dh_all, Tensor? dlast, Tensor x, Tensor W, Tensor R, "
-           "Tensor hist, Tensor cache, Tensor? lengths, int cell, bool need_dstates) -> "
-           "(Tensor, Tensor, Tensor, Tensor, Tensor)")
+           "Tensor hist, Tensor cache, Tensor? lengths, int cell, bool need_dx, bool need_dstates) "
+           "-> (Tensor, Tensor, Tensor, Tensor, Tensor)")
 LIB.define("rnn_backward(Tensor? dh_all, Tensor? dlast, Tensor R, Tensor hist, Tensor cache, "
            "Tensor? lengths, int cell, bool need_dstates) -> (Tensor, Tensor, Tensor, Tensor)")
 
@@ -94,20 +94,21 @@ def _backward_kernel(dh_all, dlast, R, hist, cache, lengths, cell, need_dstates)
     return dWx, dR, db, dstates
 
 
-def _backward_input_cpu(dh_all, dlast, x, W, R, hist, cache, lengths, cell, need_dstates):
+def _backward_input_cpu(dh_all, dlast, x, W, R, hist, cache, lengths, cell, need_dx,
+                        need_dstates):
     S, T1, B, NH, DH = hist.shape
     T = T1 - 1
     G, GB, _ = DIMS[cell]
     I = x.shape[2]
-    dx = x.new_empty((B, T, I))
+    dx = x.new_empty((B, T, I) if need_dx else (0,))
     dW = torch.empty_like(W, memory_format=torch.contiguous_format)
     dR = torch.empty_like(R, memory_format=torch.contiguous_format)
     db = R.new_empty((GB, NH, DH))
     dstates = R.new_empty((S, B, NH, DH)) if need_dstates else R.new_empty((0,))
     work = hist.new_empty((T, B, NH, GB, DH))
     _C.backward_input(_c(dh_all), _c(dlast), _c(x), _c(W), _c(R), _c(hist), _c(cache), _c(lengths),
-                      dx, dW, dR, db, dstates if need_dstates else None, work, B, T, NH, DH, I,
-                      cell)
+                      dx if need_dx else None, dW, dR, db, dstates if need_dstates else None,
+                      work, B, T, NH, DH, I, cell)
     return dx, dW, dR, db, dstates
 
 
@@ -133,12 +134,13 @@ def _forward_input_fake(x, W, R, b, states, lengths, cell, save):
 
 
 @torch.library.register_fake("fastpaper::rnn_backward_input", lib=LIB)
-def _backward_input_fake(dh_all, dlast, x, W, R, hist, cache, lengths, cell, need_dstates):
+def _backward_input_fake(dh_all, dlast, x, W, R, hist, cache, lengths, cell, need_dx,
+                         need_dstates):
     S, T1, B, NH, DH = hist.shape
     _, GB, _ = DIMS[cell]
     dstates = R.new_empty((S, B, NH, DH)) if need_dstates else R.new_empty((0,))
-    return (x.new_empty((B, T1 - 1, x.shape[2])), torch.empty_like(W), torch.empty_like(R),
-            R.new_empty((GB, NH, DH)), dstates)
+    dx = x.new_empty((B, T1 - 1, x.shape[2]) if need_dx else (0,))
+    return dx, torch.empty_like(W), torch.empty_like(R), R.new_empty((GB, NH, DH)), dstates
 
 
 @torch.library.register_fake("fastpaper::rnn_backward", lib=LIB)
@@ -197,9 +199,11 @@ def _backward_input(ctx, dh_all, dlast, _dhist, _dcache):
     x, W, R, hist, cache, lengths = ctx.saved_tensors
     need_dstates = ctx.has_states and ctx.needs_input_grad[4]
     if x.device.type == "cpu":  # the fused backward: dx per step, dW from the workspace
+        need_dx = ctx.needs_input_grad[0]  # e.g. not for a first layer's input
         dx, dW, dR, db, dstates = torch.ops.fastpaper.rnn_backward_input(
-            dh_all, dlast, x, W, R, hist, cache, lengths, ctx.cell, need_dstates)
-        return dx, dW, dR, db, (dstates if need_dstates else None), None, None, None
+            dh_all, dlast, x, W, R, hist, cache, lengths, ctx.cell, need_dx, need_dstates)
+        return ((dx if need_dx else None), dW, dR, db, (dstates if need_dstates else None), None,
+                None, None)
     dWx, dR, db, dstates = torch.ops.fastpaper.rnn_backward(
         dh_all, dlast, R, hist, cache, lengths, ctx.cell, need_dstates)
     B, T, I = x.shape

@@ -81,7 +81,7 @@ FASTPAPER_API Status backward(const double* dh_all, const double* dlast, const d
 // The backward of forward_input (CPU only; float32 or float64): as backward, but instead of dWx
 // it writes dx [B, T, in_dim] = dWx Wih and dWih [G * NH * DH, in_dim] = dWx^T x (the gradients
 // of x and Wih; dWx, the gradient of x_t Wih^T, is never materialized: dx is computed per step
-// with the recurrence and dWih by one GEMM from the workspace).
+// with the recurrence and dWih by one GEMM from the workspace). dx == nullptr: not wanted (skipped).
 FASTPAPER_API Status backward_input(const void* dh_all, const void* dlast, const void* x,
                                     const void* Wih, int64_t in_dim, const void* R,
                                     const float* hist, const float* cache, const int64_t* lengths,
