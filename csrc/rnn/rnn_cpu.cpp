@@ -594,13 +594,17 @@ void backward_cell(const BwdArgs<S, T>& a, const Shape& sh) {
     const int64_t g = gn / NH, n = gn % NH;
     const T* src = CT.data() + n * CR * GD + g * DH;
     S* dst = a.dR + gn * DH * DH;
-    for (int64_t j = 0; j < DH; ++j)
-      for (int64_t k = 0; k < DH; ++k) dst[j * DH + k] = Io<S>::store(src[k * GD + j]);
-    if (fused) {
-      S* dw = a.dWih + gn * DH * I;
-      for (int64_t j = 0; j < DH; ++j)
-        for (int64_t c = 0; c < I; ++c) dw[j * I + c] = Io<S>::store(src[(DH + c) * GD + j]);
-    }
+    // transposes in 16 x 16 tiles (every cache line touched is used whole)
+    auto transpose = [&](const T* from, S* to, int64_t ncols) {  // to[j][c] = from[c][j]
+      for (int64_t j0 = 0; j0 < DH; j0 += 16)
+        for (int64_t c0 = 0; c0 < ncols; c0 += 16) {
+          const int64_t j1 = std::min(DH, j0 + 16), c1 = std::min(ncols, c0 + 16);
+          for (int64_t c = c0; c < c1; ++c)
+            for (int64_t j = j0; j < j1; ++j) to[j * ncols + c] = Io<S>::store(from[c * GD + j]);
+        }
+    };
+    transpose(src, dst, DH);
+    if (fused) transpose(src + DH * GD, a.dWih + gn * DH * I, I);
   }
   for (int64_t i = 0; i < GB * N; ++i) a.db[i] = Io<S>::store(db[i]);
 }
