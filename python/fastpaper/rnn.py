@@ -4,7 +4,8 @@ fused in C++ (CPU, OpenMP + OpenBLAS) and CUDA kernels.
 The recurrence, per time step t and head n (the recurrent matrix is block-diagonal over NH heads
 of DH units; heads never mix)::
 
-    g_t = Wx_t + R_n h_{t-1} + b          (Wx = x_t W^T is computed outside, as one big GEMM)
+    g_t = Wx_t + R_n h_{t-1} + b          (Wx = x_t W^T is computed outside, as one big GEMM,
+                                           or, flashrnn_input, inside the per-step product)
 
 followed by a pointwise cell (s = logistic sigmoid):
 
