@@ -10,8 +10,9 @@ Usage::
 
 Each config ``cell:NH`` splits ``--hidden`` into NH heads of DH = hidden / NH. Rows per config:
 
-* ``fastpaper.nn``: the nn.Module (input projection as one GEMM + the fused recurrence), fwd and
-  fwd+bwd (backward of sum(output)), in --dtype.
+* ``fastpaper.nn``: the nn.Module, fwd and fwd+bwd (backward of sum(output)), in --dtype. On the
+  CPU (float32) the input projection runs inside the recurrence's per-step product
+  (fastpaper.rnn.flashrnn_input; the GRU and other devices: one GEMM, then the fused recurrence).
 * ``fastpaper.rnn.flashrnn``: the op alone (Wx given), what FlashRNN's figures time.
 * ``CUDA kernel family`` (CUDA): the family forward / backward run (persistent, cluster,
   cooperative, step); ``--paths auto,cluster,cooperative,step`` adds an op row per forced family

@@ -45,16 +45,40 @@ bool empty(const Shape& s) {
   return s.batch == 0 || s.heads == 0 || s.head_dim == 0;
 }
 
+// The extra checks of forward_input / backward_input (the fused input projection).
+Status check_input_args(const Shape& s, Device device, int64_t in_dim, bool have_wih_out) {
+  if (device != Device::cpu) {
+    return fail(Status::invalid_argument, "rnn::forward_input / backward_input run on the CPU only");
+  }
+  if (s.cell == Cell::gru) {
+    return fail(Status::invalid_argument, "rnn::forward_input / backward_input: the GRU is not "
+                                          "supported (compute Wx and call forward / backward)");
+  }
+  if (in_dim <= 0) return fail(Status::invalid_argument, "rnn: in_dim must be > 0");
+  if (!have_wih_out) return fail(Status::invalid_argument, "rnn::backward_input: dWih is null");
+  int64_t n = 0;
+  if (!mul_ok(s.batch * s.time, in_dim, &n) || !mul_ok(s.heads * s.head_dim * 4, in_dim, &n)) {
+    return fail(Status::invalid_argument, "tensor sizes overflow int64");
+  }
+  return Status::ok;
+}
+
 template <typename S, typename T>
 Status run_forward(const FwdArgs<S, T>& a, const Shape& s, Device device, void* stream) {
   if (Status st = check_shape(s, device); st != Status::ok) return st;
   if (empty(s)) return Status::ok;
   if (a.R == nullptr || a.b == nullptr || a.last == nullptr ||
-      (s.time > 0 && (a.Wx == nullptr || a.h_all == nullptr))) {
+      (s.time > 0 && ((a.Wx == nullptr && a.x == nullptr) || a.h_all == nullptr))) {
     return fail(Status::invalid_argument, "rnn::forward: null data pointer for a non-empty tensor");
   }
   if (s.time > 0 && (a.hist == nullptr) != (a.cache == nullptr)) {  // T = 0: cache is empty
     return fail(Status::invalid_argument, "rnn::forward: hist and cache are saved together");
+  }
+  if (a.Wih != nullptr) {  // forward_input
+    if (Status st = check_input_args(s, device, a.in_dim, true); st != Status::ok) return st;
+    if (s.time > 0 && a.x == nullptr) {
+      return fail(Status::invalid_argument, "rnn::forward_input: null x for a non-empty tensor");
+    }
   }
   if (device == Device::cuda) return cuda::forward(a, s, stream);
   cpu::forward(a, s);
@@ -66,8 +90,14 @@ Status run_backward(const BwdArgs<S, T>& a, const Shape& s, Device device, void*
   if (Status st = check_shape(s, device); st != Status::ok) return st;
   if (empty(s)) return Status::ok;
   if (a.R == nullptr || a.hist == nullptr || a.dR == nullptr || a.db == nullptr ||
-      (s.time > 0 && (a.cache == nullptr || a.dWx == nullptr || a.work == nullptr))) {
+      (s.time > 0 && (a.cache == nullptr || a.work == nullptr ||
+                      (a.Wih == nullptr ? a.dWx == nullptr : a.x == nullptr)))) {
     return fail(Status::invalid_argument, "rnn::backward: null data pointer for a non-empty tensor");
+  }
+  if (a.Wih != nullptr) {  // backward_input
+    if (Status st = check_input_args(s, device, a.in_dim, a.dWih != nullptr); st != Status::ok) {
+      return st;
+    }
   }
   if (device == Device::cuda) return cuda::backward(a, s, stream);
   cpu::backward(a, s);
@@ -131,6 +161,35 @@ Status forward(const double* Wx, const double* R, const double* b, const double*
   return run_forward(a, s, device, stream);
 }
 
+Status forward_input(const void* x, const void* Wih, int64_t in_dim, const void* R, const void* b,
+                     const void* states0, const int64_t* lengths, void* h_all, void* last,
+                     float* hist, float* cache, DType dtype, const Shape& s, Device device,
+                     void* stream) {
+  if (dtype != DType::float32) {
+    return fail(Status::invalid_argument, "rnn::forward_input: dtype must be float32 (or float64)");
+  }
+  if (Wih == nullptr) return fail(Status::invalid_argument, "rnn::forward_input: Wih is null");
+  FwdArgs<float, float> a{nullptr, static_cast<const float*>(R), static_cast<const float*>(b),
+                          static_cast<const float*>(states0), lengths,
+                          static_cast<float*>(h_all), static_cast<float*>(last), hist, cache};
+  a.x = static_cast<const float*>(x);
+  a.Wih = static_cast<const float*>(Wih);
+  a.in_dim = in_dim;
+  return run_forward(a, s, device, stream);
+}
+
+Status forward_input(const double* x, const double* Wih, int64_t in_dim, const double* R,
+                     const double* b, const double* states0, const int64_t* lengths,
+                     double* h_all, double* last, double* hist, double* cache, const Shape& s,
+                     Device device, void* stream) {
+  if (Wih == nullptr) return fail(Status::invalid_argument, "rnn::forward_input: Wih is null");
+  FwdArgs<double, double> a{nullptr, R, b, states0, lengths, h_all, last, hist, cache};
+  a.x = x;
+  a.Wih = Wih;
+  a.in_dim = in_dim;
+  return run_forward(a, s, device, stream);
+}
+
 Status backward(const void* dh_all, const void* dlast, const void* R, const float* hist,
                 const float* cache, const int64_t* lengths, void* dWx, void* dR, void* db,
                 void* dstates0, float* work, DType dtype, const Shape& s, Device device,
@@ -154,6 +213,42 @@ Status backward(const double* dh_all, const double* dlast, const double* R, cons
                 double* dstates0, double* work, const Shape& s, Device device, void* stream) {
   const BwdArgs<double, double> a{dh_all, dlast, R, hist, cache, lengths,
                                   dWx, dR, db, dstates0, work};
+  return run_backward(a, s, device, stream);
+}
+
+Status backward_input(const void* dh_all, const void* dlast, const void* x, const void* Wih,
+                      int64_t in_dim, const void* R, const float* hist, const float* cache,
+                      const int64_t* lengths, void* dx, void* dWih, void* dR, void* db,
+                      void* dstates0, float* work, DType dtype, const Shape& s, Device device,
+                      void* stream) {
+  if (dtype != DType::float32) {
+    return fail(Status::invalid_argument, "rnn::backward_input: dtype must be float32 (or float64)");
+  }
+  if (Wih == nullptr) return fail(Status::invalid_argument, "rnn::backward_input: Wih is null");
+  BwdArgs<float, float> a{static_cast<const float*>(dh_all), static_cast<const float*>(dlast),
+                          static_cast<const float*>(R), hist, cache, lengths, nullptr,
+                          static_cast<float*>(dR), static_cast<float*>(db),
+                          static_cast<float*>(dstates0), work};
+  a.x = static_cast<const float*>(x);
+  a.Wih = static_cast<const float*>(Wih);
+  a.in_dim = in_dim;
+  a.dx = static_cast<float*>(dx);
+  a.dWih = static_cast<float*>(dWih);
+  return run_backward(a, s, device, stream);
+}
+
+Status backward_input(const double* dh_all, const double* dlast, const double* x,
+                      const double* Wih, int64_t in_dim, const double* R, const double* hist,
+                      const double* cache, const int64_t* lengths, double* dx, double* dWih,
+                      double* dR, double* db, double* dstates0, double* work, const Shape& s,
+                      Device device, void* stream) {
+  if (Wih == nullptr) return fail(Status::invalid_argument, "rnn::backward_input: Wih is null");
+  BwdArgs<double, double> a{dh_all, dlast, R, hist, cache, lengths, nullptr, dR, db, dstates0, work};
+  a.x = x;
+  a.Wih = Wih;
+  a.in_dim = in_dim;
+  a.dx = dx;
+  a.dWih = dWih;
   return run_backward(a, s, device, stream);
 }
 

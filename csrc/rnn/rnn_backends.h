@@ -21,6 +21,12 @@ struct FwdArgs {
   S* last;
   T* hist;   // nullable
   T* cache;  // nullable
+  // The input projection fused into the step GEMM (CPU, float32 / float64 storage only): when x
+  // is set, Wx is not read and the gate inputs x_t Wih^T are summed with h_{t-1} R^T in the same
+  // product. x [B, T, in_dim] contiguous, Wih [G * NH * DH, in_dim] (torch's weight_ih layout).
+  const S* x = nullptr;
+  const S* Wih = nullptr;
+  int64_t in_dim = 0;
 };
 
 template <typename S, typename T>
@@ -36,6 +42,14 @@ struct BwdArgs {
   S* db;
   S* dstates0;  // nullable
   T* work;
+  // The backward of forward_input (CPU, float32 / float64 storage only): when x is set, dWx is
+  // not written (may be null); instead dx [B, T, in_dim] = dWx Wih and dWih [G * NH * DH, in_dim]
+  // = sum over (b, t) of dWx^T x, where dWx is the gradient of the gate inputs x_t Wih^T.
+  const S* x = nullptr;
+  const S* Wih = nullptr;
+  int64_t in_dim = 0;
+  S* dx = nullptr;  // nullable: dx not wanted
+  S* dWih = nullptr;
 };
 
 namespace cpu {

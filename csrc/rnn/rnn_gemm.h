@@ -29,10 +29,24 @@ struct Packed {
     N = n_;
     panels = (N + kNR - 1) / kNR;
     data.assign(static_cast<size_t>(panels * K * kNR), T(0));
+    // a pure copy, split over panels (one head's B is up to MBs: the fused input projection)
+#pragma omp parallel for schedule(static) if (panels > 1 && K * N >= (1 << 17))
     for (int64_t p = 0; p < panels; ++p)
       for (int64_t k = 0; k < K; ++k)
         for (int j = 0; j < kNR && p * kNR + j < N; ++j) data[(p * K + k) * kNR + j] = at(k, p * kNR + j);
   }
+};
+
+// The A operand: rows i of A (K columns) followed by rows i of A2 (K2 columns), i.e. the product
+// [A | A2] B with B's first K packed rows multiplying A (the fused input projection x_t W^T +
+// h_{t-1} R^T of the forward: A = x_t, A2 = h_{t-1}). K2 = 0: a plain A.
+template <typename T>
+struct Seg {
+  const T* A;
+  int64_t lda, K;
+  const T* A2;
+  int64_t lda2, K2;
+  Seg rows(int64_t i) const { return {A + i * lda, lda, K, A2 ? A2 + i * lda2 : nullptr, lda2, K2}; }
 };
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -45,15 +59,22 @@ struct Packed {
 
 // One MR x kNR block: C[i][0 .. ncols) (+)= sum_k A[i][k] Bp[k][.] (portable build).
 template <int MR, typename T>
-inline void micro_generic(const T* A, int64_t lda, const T* Bp, int64_t K, T* C, int64_t ldc,
-                          int ncols, bool accumulate) {
+inline void micro_generic(const Seg<T>& s, const T* Bp, T* C, int64_t ldc, int ncols,
+                          bool accumulate) {
   T c[MR][kNR];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < kNR; ++j) c[i][j] = T(0);
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = 0; k < s.K; ++k) {
     const T* b = Bp + k * kNR;
     for (int i = 0; i < MR; ++i) {
-      const T a = A[i * lda + k];
+      const T a = s.A[i * s.lda + k];
+      for (int j = 0; j < kNR; ++j) c[i][j] = a * b[j] + c[i][j];
+    }
+  }
+  for (int64_t k = 0; k < s.K2; ++k) {  // the second segment continues the same sums
+    const T* b = Bp + (s.K + k) * kNR;
+    for (int i = 0; i < MR; ++i) {
+      const T a = s.A2[i * s.lda2 + k];
       for (int j = 0; j < kNR; ++j) c[i][j] = a * b[j] + c[i][j];
     }
   }
@@ -64,14 +85,14 @@ inline void micro_generic(const T* A, int64_t lda, const T* Bp, int64_t K, T* C,
 }
 
 template <typename T>
-void micro_generic_panel(const T* A, int64_t lda, int64_t M, const T* Bp, int64_t K, T* C,
-                         int64_t ldc, int nc, bool accumulate) {
+void micro_generic_panel(const Seg<T>& s, int64_t M, const T* Bp, T* C, int64_t ldc, int nc,
+                         bool accumulate) {
   int64_t i = 0;
-  for (; i + 4 <= M; i += 4) micro_generic<4>(A + i * lda, lda, Bp, K, C + i * ldc, ldc, nc, accumulate);
+  for (; i + 4 <= M; i += 4) micro_generic<4>(s.rows(i), Bp, C + i * ldc, ldc, nc, accumulate);
   switch (M - i) {
-    case 3: micro_generic<3>(A + i * lda, lda, Bp, K, C + i * ldc, ldc, nc, accumulate); break;
-    case 2: micro_generic<2>(A + i * lda, lda, Bp, K, C + i * ldc, ldc, nc, accumulate); break;
-    case 1: micro_generic<1>(A + i * lda, lda, Bp, K, C + i * ldc, ldc, nc, accumulate); break;
+    case 3: micro_generic<3>(s.rows(i), Bp, C + i * ldc, ldc, nc, accumulate); break;
+    case 2: micro_generic<2>(s.rows(i), Bp, C + i * ldc, ldc, nc, accumulate); break;
+    case 1: micro_generic<1>(s.rows(i), Bp, C + i * ldc, ldc, nc, accumulate); break;
     default: break;
   }
 }
@@ -82,16 +103,31 @@ void micro_generic_panel(const T* A, int64_t lda, int64_t M, const T* Bp, int64_
 // (the epilogue too): an i-indexed access left in a loop would force the accumulators onto
 // the stack, which costs half the speed.
 template <int MR>
-FP_RNN_AVX2 inline void micro_avx2(const float* A, int64_t lda, const float* Bp, int64_t K,
-                                   float* C, int64_t ldc, int ncols, bool accumulate) {
+FP_RNN_AVX2 inline void micro_avx2(const Seg<float>& s, const float* Bp, float* C, int64_t ldc,
+                                   int ncols, bool accumulate) {
   __m256 c0[MR], c1[MR];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
+  const float* A = s.A;
+  const int64_t lda = s.lda, K = s.K;
   for (int64_t k = 0; k < K; ++k) {
     const __m256 b0 = _mm256_loadu_ps(Bp + k * kNR), b1 = _mm256_loadu_ps(Bp + k * kNR + 8);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; ++i) {
       const __m256 a = _mm256_broadcast_ss(A + i * lda + k);
+      c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
+      c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+    }
+  }
+  // the second segment (if any) continues the same sums: rows K .. K + K2 of the panel
+  const float* A2 = s.A2;
+  const float* Bp2 = Bp + K * kNR;
+  const int64_t lda2 = s.lda2, K2 = s.K2;
+  for (int64_t k = 0; k < K2; ++k) {
+    const __m256 b0 = _mm256_loadu_ps(Bp2 + k * kNR), b1 = _mm256_loadu_ps(Bp2 + k * kNR + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; ++i) {
+      const __m256 a = _mm256_broadcast_ss(A2 + i * lda2 + k);
       c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
       c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
     }
@@ -124,21 +160,20 @@ FP_RNN_AVX2 inline void micro_avx2(const float* A, int64_t lda, const float* Bp,
 // 5): a block of r rows keeps 2r independent FMA chains, and r >= 5 of them cover the FMA latency
 // (4-5 cycles at 2 FMAs per cycle) where a 4-row remainder would stall. The panel (K x 16) stays
 // in L1 across the row blocks.
-FP_RNN_AVX2 inline void micro_avx2_panel(const float* A, int64_t lda, int64_t M, const float* Bp,
-                                         int64_t K, float* C, int64_t ldc, int nc,
-                                         bool accumulate) {
+FP_RNN_AVX2 inline void micro_avx2_panel(const Seg<float>& s, int64_t M, const float* Bp,
+                                         float* C, int64_t ldc, int nc, bool accumulate) {
   const int64_t blocks = (M + 5) / 6;
   for (int64_t q = 0, i = 0; q < blocks; ++q) {
     const int64_t r = (M - i) / (blocks - q);  // rows left / blocks left: sizes differ by <= 1
-    const float* Ai = A + i * lda;
+    const Seg<float> si = s.rows(i);
     float* Ci = C + i * ldc;
     switch (r) {
-      case 6: micro_avx2<6>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
-      case 5: micro_avx2<5>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
-      case 4: micro_avx2<4>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
-      case 3: micro_avx2<3>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
-      case 2: micro_avx2<2>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
-      default: micro_avx2<1>(Ai, lda, Bp, K, Ci, ldc, nc, accumulate); break;
+      case 6: micro_avx2<6>(si, Bp, Ci, ldc, nc, accumulate); break;
+      case 5: micro_avx2<5>(si, Bp, Ci, ldc, nc, accumulate); break;
+      case 4: micro_avx2<4>(si, Bp, Ci, ldc, nc, accumulate); break;
+      case 3: micro_avx2<3>(si, Bp, Ci, ldc, nc, accumulate); break;
+      case 2: micro_avx2<2>(si, Bp, Ci, ldc, nc, accumulate); break;
+      default: micro_avx2<1>(si, Bp, Ci, ldc, nc, accumulate); break;
     }
     i += r;
   }
@@ -158,16 +193,21 @@ inline bool cpu_has_avx2_fma() {
 // dimension lda, C row-major with leading dimension ldc; only the panel's valid columns
 // (min(kNR, N - p * kNR)) are written.
 template <typename T>
-void panel_gemm(const T* A, int64_t lda, int64_t M, const Packed<T>& P, int64_t p, T* C,
-                int64_t ldc, bool accumulate) {
+void panel_gemm(const Seg<T>& s, int64_t M, const Packed<T>& P, int64_t p, T* C, int64_t ldc,
+                bool accumulate) {
   const T* Bp = P.data.data() + p * P.K * kNR;
   const int nc = static_cast<int>(std::min<int64_t>(kNR, P.N - p * kNR));
 #if FP_RNN_HAVE_AVX2
   if constexpr (sizeof(T) == 4) {
-    if (cpu_has_avx2_fma()) return micro_avx2_panel(A, lda, M, Bp, P.K, C, ldc, nc, accumulate);
+    if (cpu_has_avx2_fma()) return micro_avx2_panel(s, M, Bp, C, ldc, nc, accumulate);
   }
 #endif
-  micro_generic_panel(A, lda, M, Bp, P.K, C, ldc, nc, accumulate);
+  micro_generic_panel(s, M, Bp, C, ldc, nc, accumulate);
+}
+template <typename T>
+void panel_gemm(const T* A, int64_t lda, int64_t M, const Packed<T>& P, int64_t p, T* C,
+                int64_t ldc, bool accumulate) {
+  panel_gemm(Seg<T>{A, lda, P.K, nullptr, 0, 0}, M, P, p, C, ldc, accumulate);
 }
 
 }  // namespace fastpaper::rnn::cpu

@@ -4,7 +4,8 @@ fused in C++ (CPU, OpenMP + OpenBLAS) and CUDA kernels.
 The recurrence, per time step t and head n (the recurrent matrix is block-diagonal over NH heads
 of DH units; heads never mix)::
 
-    g_t = Wx_t + R_n h_{t-1} + b          (Wx = x_t W^T is computed outside, as one big GEMM)
+    g_t = Wx_t + R_n h_{t-1} + b          (Wx = x_t W^T is computed outside, as one big GEMM,
+                                           or, flashrnn_input, inside the per-step product)
 
 followed by a pointwise cell (s = logistic sigmoid):
 
@@ -36,7 +37,7 @@ import torch
 
 from . import _rnn_torch as _ops
 
-__all__ = ["flashrnn", "CELLS", "cell_dims"]
+__all__ = ["flashrnn", "flashrnn_input", "CELLS", "cell_dims"]
 
 CELLS = tuple(_ops.CELLS)
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -107,6 +108,64 @@ def flashrnn(Wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor,
     if tuple(R.shape) != (G, NH, DH, DH):
         raise ValueError(f"R: expected shape {(G, NH, DH, DH)} for Wx {tuple(Wx.shape)}, got "
                          f"{tuple(R.shape)}")
+    lengths, save = _check_rest(Wx, "Wx", R, b, states, cell, lengths, B, NH, DH)
+    h_all, last, _, _ = torch.ops.fastpaper.rnn_forward(Wx, R, b, states, lengths,
+                                                        _ops.CELLS[cell], save)
+    return h_all, last
+
+
+def flashrnn_input(x: torch.Tensor, W: torch.Tensor, R: torch.Tensor, b: torch.Tensor,
+                   states: Optional[torch.Tensor] = None, cell: str = "lstm",
+                   lengths: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`flashrnn` with the input projection included: ``Wx = x W^T`` (per step, gate rows
+    as torch.nn.LSTM's ``weight_ih``).
+
+    On the CPU (float32 / float64; not the GRU, whose n gate keeps ``x W_n`` and ``R h`` apart)
+    the projection is fused into the per-step product, ``[x_t | h_{t-1}] [W; R]^T``: Wx is never
+    materialized (no [B, T, G*H] round trip through memory). Elsewhere it is one GEMM followed
+    by :func:`flashrnn`. The results equal ``flashrnn((x @ W.T).view(B, T, G, NH, DH), ...)`` up
+    to float rounding (the sums are ordered differently).
+
+    Parameters
+    ----------
+    x : Tensor [B, T, I]
+    W : Tensor [G * NH * DH, I]
+        Input weights, rows ordered (gate, head, unit) as ``Wx``'s last three dimensions.
+    R, b, states, cell, lengths :
+        As :func:`flashrnn` (R [G, NH, DH, DH] gives NH and DH).
+
+    Returns ``(h_all [B, T, NH, DH], last [S, B, NH, DH])``, differentiable in x, W, R, b and
+    states.
+    """
+    G, GB, S = cell_dims(cell)
+    _check(x, "x", 3)
+    _check(W, "W", 2)
+    _check(R, "R", 4)
+    _check(b, "b", 3)
+    B, T, I = x.shape
+    G_, NH, DH, DH_ = R.shape
+    if G_ != G or DH_ != DH:
+        raise ValueError(f"R: cell {cell!r} expects shape [{G}, NH, DH, DH], got {tuple(R.shape)}")
+    if tuple(W.shape) != (G * NH * DH, I):
+        raise ValueError(f"W: expected shape {(G * NH * DH, I)} for x {tuple(x.shape)} and R "
+                         f"{tuple(R.shape)}, got {tuple(W.shape)}")
+    if W.dtype != x.dtype or W.device != x.device:
+        raise TypeError(f"W must have the dtype and device of x ({x.dtype}, {x.device}), got "
+                        f"{W.dtype}, {W.device}")
+    if cell == "gru" or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        Wx = torch.nn.functional.linear(x, W).view(B, T, G, NH, DH)
+        return flashrnn(Wx, R, b, states, cell, lengths)
+    lengths, save = _check_rest(x, "x", R, b, states, cell, lengths, B, NH, DH)
+    save = save or (torch.is_grad_enabled() and W.requires_grad)
+    h_all, last, _, _ = torch.ops.fastpaper.rnn_forward_input(x, W, R, b, states, lengths,
+                                                              _ops.CELLS[cell], save)
+    return h_all, last
+
+
+def _check_rest(ref, ref_name, R, b, states, cell, lengths, B, NH, DH):
+    """Checks b, states and lengths against ref (the data tensor); returns (lengths as int64 on
+    ref's device or None, whether the forward must save for a backward)."""
+    G, GB, S = cell_dims(cell)
     if tuple(b.shape) != (GB, NH, DH):
         raise ValueError(f"b: expected shape {(GB, NH, DH)}, got {tuple(b.shape)}")
     tensors = [("R", R), ("b", b)]
@@ -116,10 +175,12 @@ def flashrnn(Wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor,
             raise ValueError(f"states: expected shape {(S, B, NH, DH)}, got {tuple(states.shape)}")
         tensors.append(("states", states))
     for name, t in tensors:
-        if t.dtype != Wx.dtype:
-            raise TypeError(f"{name} must have the same dtype as Wx ({Wx.dtype}), got {t.dtype}")
-        if t.device != Wx.device:
-            raise ValueError(f"{name} must be on the same device as Wx ({Wx.device}), got {t.device}")
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name} must have the same dtype as {ref_name} ({ref.dtype}), got "
+                            f"{t.dtype}")
+        if t.device != ref.device:
+            raise ValueError(f"{name} must be on the same device as {ref_name} ({ref.device}), "
+                             f"got {t.device}")
     if lengths is not None:
         if not isinstance(lengths, torch.Tensor):
             lengths = torch.as_tensor(lengths)
@@ -127,9 +188,7 @@ def flashrnn(Wx: torch.Tensor, R: torch.Tensor, b: torch.Tensor,
             raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
         if tuple(lengths.shape) != (B,):
             raise ValueError(f"lengths: expected shape ({B},), got {tuple(lengths.shape)}")
-        lengths = lengths.to(device=Wx.device, dtype=torch.int64)
+        lengths = lengths.to(device=ref.device, dtype=torch.int64)
     save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (Wx, R, b, states))
-    h_all, last, _, _ = torch.ops.fastpaper.rnn_forward(Wx, R, b, states, lengths,
-                                                        _ops.CELLS[cell], save)
-    return h_all, last
+        t is not None and t.requires_grad for t in (ref, R, b, states))
+    return lengths, save

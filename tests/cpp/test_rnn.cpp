@@ -198,6 +198,96 @@ TEST(Rnn, Float32AndBfloat16Storage) {
   }
 }
 
+// forward_input / backward_input (the input projection fused into the step GEMM) against
+// forward / backward on Wx = x Wih^T, with the chain rule for dx = dWx Wih and dWih = dWx^T x.
+TEST(Rnn, ForwardInputMatchesForwardOnProjection) {
+  for (rnn::Cell cell : {rnn::Cell::lstm, rnn::Cell::elman, rnn::Cell::slstm}) {
+    Problem p = make(cell, 3, 5, 2, 5, 9);
+    p.lengths = {5, 1, 3};
+    if (cell == rnn::Cell::slstm) {  // n >= 1: a state after at least one step
+      const int64_t BN = 3 * 2 * 5;
+      for (int64_t i = 0; i < BN; ++i) p.st0[2 * BN + i] = 1.0 + std::fabs(p.st0[2 * BN + i]);
+    }
+    const auto& s = p.s;
+    const int64_t I = 7, B = s.batch, T = s.time, GN = rnn::gates(cell) * s.heads * s.head_dim;
+    std::mt19937_64 rng(3);
+    std::normal_distribution<double> nd(0.0, 1.0);
+    std::vector<double> x(B * T * I), W(GN * I);
+    for (double& v : x) v = nd(rng);
+    for (double& v : W) v = nd(rng) / std::sqrt(static_cast<double>(I));
+    for (int64_t r = 0; r < B * T; ++r)  // Wx rows (b, t), columns (g, n, j) = Wih rows
+      for (int64_t c = 0; c < GN; ++c) {
+        double acc = 0;
+        for (int64_t k = 0; k < I; ++k) acc += x[r * I + k] * W[c * I + k];
+        p.Wx[r * GN + c] = acc;
+      }
+    const Out o = run_forward(p);
+    const int64_t BN = B * s.heads * s.head_dim, S = rnn::state_count(cell);
+    Out f;
+    f.h_all.resize(BN * T);
+    f.last.resize(S * BN);
+    f.hist.resize(S * (T + 1) * BN);
+    f.cache.resize(T * BN * rnn::bias_rows(cell));
+    ASSERT_EQ(rnn::forward_input(x.data(), W.data(), I, p.R.data(), p.b.data(), p.st0.data(),
+                                 p.lengths.data(), f.h_all.data(), f.last.data(), f.hist.data(),
+                                 f.cache.data(), s, Device::cpu, nullptr),
+              Status::ok)
+        << fastpaper::last_error();
+    for (size_t i = 0; i < o.h_all.size(); ++i) ASSERT_NEAR(f.h_all[i], o.h_all[i], 1e-12) << i;
+    for (size_t i = 0; i < o.last.size(); ++i) ASSERT_NEAR(f.last[i], o.last[i], 1e-12) << i;
+
+    std::vector<double> wh(BN * T), wl(S * BN);
+    for (double& v : wh) v = nd(rng);
+    for (double& v : wl) v = nd(rng);
+    std::vector<double> dWx(p.Wx.size()), dR(p.R.size()), db(p.b.size()), ds(p.st0.size());
+    std::vector<double> work(rnn::backward_workspace(s));
+    ASSERT_EQ(rnn::backward(wh.data(), wl.data(), p.R.data(), o.hist.data(), o.cache.data(),
+                            p.lengths.data(), dWx.data(), dR.data(), db.data(), ds.data(),
+                            work.data(), s, Device::cpu, nullptr),
+              Status::ok);
+    std::vector<double> dx(x.size()), dW(W.size()), dR2(dR.size()), db2(db.size()),
+        ds2(ds.size());
+    ASSERT_EQ(rnn::backward_input(wh.data(), wl.data(), x.data(), W.data(), I, p.R.data(),
+                                  f.hist.data(), f.cache.data(), p.lengths.data(), dx.data(),
+                                  dW.data(), dR2.data(), db2.data(), ds2.data(), work.data(), s,
+                                  Device::cpu, nullptr),
+              Status::ok)
+        << fastpaper::last_error();
+    for (size_t i = 0; i < dR.size(); ++i) ASSERT_NEAR(dR2[i], dR[i], 1e-11) << i;
+    for (size_t i = 0; i < db.size(); ++i) ASSERT_NEAR(db2[i], db[i], 1e-11) << i;
+    for (size_t i = 0; i < ds.size(); ++i) ASSERT_NEAR(ds2[i], ds[i], 1e-11) << i;
+    for (int64_t r = 0; r < B * T; ++r)
+      for (int64_t k = 0; k < I; ++k) {
+        double acc = 0;
+        for (int64_t c = 0; c < GN; ++c) acc += dWx[r * GN + c] * W[c * I + k];
+        ASSERT_NEAR(dx[r * I + k], acc, 1e-11) << r << " " << k;
+      }
+    for (int64_t c = 0; c < GN; ++c)
+      for (int64_t k = 0; k < I; ++k) {
+        double acc = 0;
+        for (int64_t r = 0; r < B * T; ++r) acc += dWx[r * GN + c] * x[r * I + k];
+        ASSERT_NEAR(dW[c * I + k], acc, 1e-11) << c << " " << k;
+      }
+  }
+  // refused: the GRU, in_dim <= 0, a missing Wih, other devices
+  const Problem g = make(rnn::Cell::gru, 1, 2, 1, 4, 4);
+  std::vector<double> x(2 * 3), W(12 * 3), h(8), last(4);
+  EXPECT_EQ(rnn::forward_input(x.data(), W.data(), 3, g.R.data(), g.b.data(), nullptr, nullptr,
+                               h.data(), last.data(), nullptr, nullptr, g.s, Device::cpu, nullptr),
+            Status::invalid_argument);
+  const Problem l = make(rnn::Cell::lstm, 1, 2, 1, 4, 4);
+  std::vector<double> Wl(16 * 3), last2(8);
+  EXPECT_EQ(rnn::forward_input(x.data(), Wl.data(), 0, l.R.data(), l.b.data(), nullptr, nullptr,
+                               h.data(), last2.data(), nullptr, nullptr, l.s, Device::cpu, nullptr),
+            Status::invalid_argument);
+  EXPECT_EQ(rnn::forward_input(x.data(), nullptr, 3, l.R.data(), l.b.data(), nullptr, nullptr,
+                               h.data(), last2.data(), nullptr, nullptr, l.s, Device::cpu, nullptr),
+            Status::invalid_argument);
+  EXPECT_NE(rnn::forward_input(x.data(), Wl.data(), 3, l.R.data(), l.b.data(), nullptr, nullptr,
+                               h.data(), last2.data(), nullptr, nullptr, l.s, Device::cuda, nullptr),
+            Status::ok);
+}
+
 TEST(Rnn, InvalidArguments) {
   const Problem p = make(rnn::Cell::lstm, 1, 2, 1, 4, 4);
   std::vector<double> h(8), last(8);

@@ -8,7 +8,8 @@
 // forward also writes, when the pointers are non-null, what backward needs (compute type:
 // float, or double for the float64 overload):
 //   hist  [S, T + 1, B, NH, DH]  hist[:, 0] = initial states, hist[:, t + 1] = states after step t
-//   cache [T, B, NH, GB, DH]     the pre-activations `pre` of every step (rnn_cells.h)
+//   cache [T, B, NH, GB, DH]     the pre-activations `pre` of every step (rnn_cells.h); the CPU
+//                                LSTM caches the activated gates instead (Lstm::forward_gates)
 // lengths (nullable, int64 [B], on the same device as the data, each in [0, T]): sequence b stops
 // at lengths[b]: for t >= lengths[b] its states stay frozen (hist repeats them), its h_all rows are
 // zero, and last = the states after its last step (the initial states when lengths[b] == 0).
@@ -53,6 +54,21 @@ FASTPAPER_API Status forward(const double* Wx, const double* R, const double* b,
                              double* last, double* hist, double* cache, const Shape& shape,
                              Device device, void* stream);
 
+// forward with the input projection fused into the step GEMM (CPU only; float32 or float64;
+// not the GRU, whose n gate keeps x_t W and R h apart): instead of reading Wx, the gate inputs
+// Wx_t = x_t Wih^T are computed per step, where x [B, T, in_dim] and Wih [G * NH * DH, in_dim]
+// (rows gate-major as torch.nn.LSTM's weight_ih). Everything else (states, lengths, hist, cache,
+// outputs) as forward; backward is the same function (its dWx is the gradient of x Wih^T).
+FASTPAPER_API Status forward_input(const void* x, const void* Wih, int64_t in_dim, const void* R,
+                                   const void* b, const void* states0, const int64_t* lengths,
+                                   void* h_all, void* last, float* hist, float* cache,
+                                   DType dtype, const Shape& shape, Device device, void* stream);
+FASTPAPER_API Status forward_input(const double* x, const double* Wih, int64_t in_dim,
+                                   const double* R, const double* b, const double* states0,
+                                   const int64_t* lengths, double* h_all, double* last,
+                                   double* hist, double* cache, const Shape& shape, Device device,
+                                   void* stream);
+
 FASTPAPER_API Status backward(const void* dh_all, const void* dlast, const void* R,
                               const float* hist, const float* cache, const int64_t* lengths,
                               void* dWx, void* dR, void* db, void* dstates0, float* work,
@@ -61,6 +77,23 @@ FASTPAPER_API Status backward(const double* dh_all, const double* dlast, const d
                               const double* hist, const double* cache, const int64_t* lengths,
                               double* dWx, double* dR, double* db, double* dstates0, double* work,
                               const Shape& shape, Device device, void* stream);
+
+// The backward of forward_input (CPU only; float32 or float64): as backward, but instead of dWx
+// it writes dx [B, T, in_dim] = dWx Wih and dWih [G * NH * DH, in_dim] = dWx^T x (the gradients
+// of x and Wih; dWx, the gradient of x_t Wih^T, is never materialized: dx is computed per step
+// with the recurrence and dWih by one GEMM from the workspace). dx == nullptr: not wanted (skipped).
+FASTPAPER_API Status backward_input(const void* dh_all, const void* dlast, const void* x,
+                                    const void* Wih, int64_t in_dim, const void* R,
+                                    const float* hist, const float* cache, const int64_t* lengths,
+                                    void* dx, void* dWih, void* dR, void* db, void* dstates0,
+                                    float* work, DType dtype, const Shape& shape, Device device,
+                                    void* stream);
+FASTPAPER_API Status backward_input(const double* dh_all, const double* dlast, const double* x,
+                                    const double* Wih, int64_t in_dim, const double* R,
+                                    const double* hist, const double* cache,
+                                    const int64_t* lengths, double* dx, double* dWih, double* dR,
+                                    double* db, double* dstates0, double* work, const Shape& shape,
+                                    Device device, void* stream);
 
 // CUDA kernel family (cuda/rnn/rnn_cuda.cu, choose_path): "auto" (default) picks, in order, the
 // first that fits: "persistent" (R_n in one CTA's shared memory), "cluster" (sm_90+: R_n sliced

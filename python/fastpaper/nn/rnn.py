@@ -1,7 +1,9 @@
 """Multi-head LSTM / GRU / sLSTM / Elman modules on the fused kernels of :mod:`fastpaper.rnn`.
 
-Each layer and direction computes its input projection for all time steps and both directions as
-one GEMM (``x W_ih^T``), then runs :func:`fastpaper.rnn.flashrnn` (recurrence + cell fused).
+A unidirectional layer runs :func:`fastpaper.rnn.flashrnn_input` (on the CPU the input projection
+``x_t W_ih^T`` is part of the per-step product, fused with the recurrence and the cell); a
+bidirectional one computes its input projection for all time steps and both directions as one GEMM
+(``x W_ih^T``), then runs :func:`fastpaper.rnn.flashrnn` per direction.
 ``num_heads`` splits the hidden units into heads with a block-diagonal recurrent matrix
 (FlashRNN); ``num_heads=1`` is the dense cell of torch.nn.LSTM / nn.GRU / nn.RNN, whose state dicts
 load directly (``load_state_dict``) and give the same outputs.
@@ -182,6 +184,15 @@ class _MultiHeadRNN(nn.Module):
         sfxs = self._suffixes()
         lasts, inp = [], x
         for layer in range(self.num_layers):
+            if len(sfxs) == 1:
+                # one direction: the projection runs inside the recurrence's per-step product
+                # on the CPU (flashrnn_input), one GEMM elsewhere
+                h_all, last = _rnn.flashrnn_input(
+                    inp, getattr(self, f"weight_ih_l{layer}"), getattr(self, f"weight_hh_l{layer}"),
+                    getattr(self, f"bias_l{layer}"), init[layer], self._cell, lengths)
+                lasts.append(last)
+                inp = h_all.reshape(B, T, H)
+                continue
             W = torch.cat([getattr(self, f"weight_ih_l{layer}{s}") for s in sfxs])
             proj = F.linear(inp, W)  # all directions, all steps: one GEMM
             outs = []

@@ -142,11 +142,38 @@ struct Lstm {
     dprev[0] = T(0);
     dprev[1] = dc * f;
   }
+  // The CPU kernels cache the activated gates act = (s(i), s(f), tanh(g), s(o)) instead of pre
+  // (forward_gates): their backward (backward_gates) then needs only tanh(c_t), with c_t = next[1]
+  // read from the saved states, instead of five exp / division chains. Same values as
+  // forward / backward (the same operations on the same operands).
+  static constexpr bool kCachesGates = true;
+  FP_HD static void forward_gates(const T* pre, const T* prev, T* next, T* act) {
+    act[0] = sigmoid(pre[0]);
+    act[1] = sigmoid(pre[1]);
+    act[2] = ftanh(pre[2]);
+    act[3] = sigmoid(pre[3]);
+    const T c = act[1] * prev[1] + act[0] * act[2];
+    next[0] = act[3] * ftanh(c);
+    next[1] = c;
+  }
+  FP_HD static void backward_gates(const T* act, const T* prev, const T* next, const T* dnext,
+                                   T* dprev, T* dpre) {
+    const T i = act[0], f = act[1], g = act[2], o = act[3];
+    const T tc = ftanh(next[1]);
+    const T dc = dnext[1] + dnext[0] * o * (T(1) - tc * tc);
+    dpre[0] = dc * g * i * (T(1) - i);
+    dpre[1] = dc * prev[1] * f * (T(1) - f);
+    dpre[2] = dc * i * (T(1) - g * g);
+    dpre[3] = dnext[0] * tc * o * (T(1) - o);
+    dprev[0] = T(0);
+    dprev[1] = dc * f;
+  }
 };
 
 template <typename T>
 struct Gru {
   static constexpr int G = 3, GB = 4, S = 1;
+  static constexpr bool kCachesGates = false;  // caches pre
   FP_HD static constexpr int wx_row(int g) { return g == 2 ? 3 : g; }
   FP_HD static constexpr int b_row(int gb) { return gb < 2 ? gb : 5 - gb; }
   FP_HD static void preact(const T* wx, const T* rec, const T* b, T* pre) {
@@ -177,6 +204,7 @@ struct Gru {
 template <typename T>
 struct Elman {
   static constexpr int G = 1, GB = 1, S = 1;
+  static constexpr bool kCachesGates = false;  // caches pre
   FP_HD static constexpr int wx_row(int g) { return g; }
   FP_HD static constexpr int b_row(int gb) { return gb; }
   FP_HD static void preact(const T* wx, const T* rec, const T* b, T* pre) {
@@ -193,6 +221,7 @@ struct Elman {
 template <typename T>
 struct Slstm {
   static constexpr int G = 4, GB = 4, S = 4;
+  static constexpr bool kCachesGates = false;  // caches pre
   FP_HD static constexpr int wx_row(int g) { return g; }
   FP_HD static constexpr int b_row(int gb) { return gb; }
   FP_HD static void preact(const T* wx, const T* rec, const T* b, T* pre) {
