@@ -63,36 +63,103 @@ struct Checker {
   }
 };
 
+// The checks every entry shares: the shape, R's dtype and device, and the state / history / cache
+// arrays of one (batch, time, heads, head_dim, cell); each check names the argument.
+struct Call {
+  rnn::Shape s;
+  Checker c;
+  int64_t N, BN, G, GB, S;
+
+  Call(Array R, int64_t batch, int64_t time, int64_t heads, int64_t head_dim, int32_t cell)
+      : s(shape_of(batch, time, heads, head_dim, cell)),
+        c{R, elem_of(R, "R"), bindings::device_of(R, "R")} {
+    using bindings::checked_mul;
+    N = checked_mul(heads, head_dim, "R");
+    BN = checked_mul(batch, N, "states");
+    G = rnn::gates(s.cell);
+    GB = rnn::bias_rows(s.cell);
+    S = rnn::state_count(s.cell);
+    c.same(R, "R", checked_mul(checked_mul(G, N, "R"), head_dim, "R"));
+  }
+  int64_t per_step(int64_t rows, const char* name) const {
+    return bindings::checked_mul(rows, s.time, name);
+  }
+  // x [B, T, in_dim] and Wih [G N, in_dim] of the fused-projection entries.
+  int64_t x_size(int64_t in_dim) const {
+    if (in_dim <= 0) throw nb::value_error("in_dim must be > 0");
+    return bindings::checked_mul(per_step(s.batch, "x"), in_dim, "x");
+  }
+  int64_t wih_size(int64_t in_dim) const { return bindings::checked_mul(G * N, in_dim, "Wih"); }
+  const int64_t* lengths(nb::object l) const { return c.lengths(l, s.batch); }
+  const void* states(nb::object o, const char* name) const { return c.optional(o, name, S * BN); }
+  void* optional_out(nb::object o, const char* name, int64_t n) const {
+    return const_cast<void*>(c.optional(o, name, n, true));
+  }
+  int64_t hist_size() const { return bindings::checked_mul(S * BN, s.time + 1, "hist"); }
+  int64_t cache_size() const { return per_step(BN * GB, "cache"); }
+};
+
+// Forward outputs and their optional saves: h_all, last, hist, cache.
+struct ForwardArgs {
+  void* hist;
+  void* cache;
+  ForwardArgs(const Call& k, Array b, Array h_all, Array last, nb::object hist_o,
+              nb::object cache_o) {
+    k.c.same(b, "b", bindings::checked_mul(k.GB, k.N, "b"));
+    k.c.same(h_all, "h_all", k.per_step(k.BN, "h_all"));
+    k.c.same(last, "last", k.S * k.BN);
+    hist = k.optional_out(hist_o, "hist", k.hist_size());
+    cache = k.optional_out(cache_o, "cache", k.cache_size());
+  }
+};
+
+// Backward inputs and outputs shared by both backward entries.
+struct BackwardArgs {
+  const void* dh;
+  const void* dl;
+  void* ds0;
+  BackwardArgs(const Call& k, nb::object dh_all, nb::object dlast, Array hist, Array cache,
+               Array dR, Array db, nb::object dstates0, Array work) {
+    k.c.same(dR, "dR", k.G * k.N * k.s.head_dim);
+    k.c.same(db, "db", bindings::checked_mul(k.GB, k.N, "db"));
+    k.c.same(hist, "hist", k.hist_size(), true);
+    k.c.same(cache, "cache", k.cache_size(), true);
+    k.c.same(work, "work", rnn::backward_workspace(k.s), true);
+    dh = k.c.optional(dh_all, "dh_all", k.per_step(k.BN, "dh_all"));
+    dl = k.states(dlast, "dlast");
+    ds0 = const_cast<void*>(k.states(dstates0, "dstates"));
+  }
+};
+
+template <class T>
+const T* cptr(const void* p) {
+  return static_cast<const T*>(p);
+}
+template <class T>
+T* mptr(void* p) {
+  return static_cast<T*>(p);
+}
+
 void forward(Array Wx, Array R, Array b, nb::object states0, nb::object lengths, Array h_all,
              Array last, nb::object hist, nb::object cache, int64_t batch, int64_t time,
              int64_t heads, int64_t head_dim, int32_t cell, uintptr_t stream) {
-  const rnn::Shape s = shape_of(batch, time, heads, head_dim, cell);
-  const Checker c{R, elem_of(R, "R"), bindings::device_of(R, "R")};
-  using bindings::checked_mul;
-  const int64_t N = checked_mul(heads, head_dim, "R");
-  const int64_t BN = checked_mul(batch, N, "states");
-  const int64_t G = rnn::gates(s.cell), GB = rnn::bias_rows(s.cell), S = rnn::state_count(s.cell);
-  c.same(R, "R", checked_mul(checked_mul(G, N, "R"), head_dim, "R"));
-  c.same(b, "b", checked_mul(GB, N, "b"));
-  c.same(Wx, "Wx", checked_mul(checked_mul(BN, time, "Wx"), G, "Wx"));
-  c.same(h_all, "h_all", checked_mul(BN, time, "h_all"));
-  c.same(last, "last", checked_mul(S, BN, "last"));
-  const void* st0 = c.optional(states0, "states", S * BN);
-  const int64_t* len = c.lengths(lengths, batch);
-  void* hi = const_cast<void*>(c.optional(hist, "hist", checked_mul(S * BN, time + 1, "hist"), true));
-  void* ca = const_cast<void*>(c.optional(cache, "cache", checked_mul(BN * GB, time, "cache"), true));
+  const Call k(R, batch, time, heads, head_dim, cell);
+  const ForwardArgs a(k, b, h_all, last, hist, cache);
+  k.c.same(Wx, "Wx", bindings::checked_mul(k.per_step(k.BN, "Wx"), k.G, "Wx"));
+  const void* st0 = k.states(states0, "states");
+  const int64_t* len = k.lengths(lengths);
   Status st;
   {
     nb::gil_scoped_release release;
     void* sp = reinterpret_cast<void*>(stream);
-    if (c.el.is_double) {
-      st = rnn::forward(static_cast<const double*>(Wx.data()), static_cast<const double*>(R.data()),
-                        static_cast<const double*>(b.data()), static_cast<const double*>(st0), len,
-                        static_cast<double*>(h_all.data()), static_cast<double*>(last.data()),
-                        static_cast<double*>(hi), static_cast<double*>(ca), s, c.dev, sp);
+    if (k.c.el.is_double) {
+      st = rnn::forward(cptr<double>(Wx.data()), cptr<double>(R.data()), cptr<double>(b.data()),
+                        cptr<double>(st0), len, mptr<double>(h_all.data()),
+                        mptr<double>(last.data()), mptr<double>(a.hist), mptr<double>(a.cache),
+                        k.s, k.c.dev, sp);
     } else {
       st = rnn::forward(Wx.data(), R.data(), b.data(), st0, len, h_all.data(), last.data(),
-                        static_cast<float*>(hi), static_cast<float*>(ca), c.el.dtype, s, c.dev, sp);
+                        mptr<float>(a.hist), mptr<float>(a.cache), k.c.el.dtype, k.s, k.c.dev, sp);
     }
   }
   bindings::raise_if_failed(st);
@@ -103,39 +170,24 @@ void forward(Array Wx, Array R, Array b, nb::object states0, nb::object lengths,
 void forward_input(Array x, Array Wih, Array R, Array b, nb::object states0, nb::object lengths,
                    Array h_all, Array last, nb::object hist, nb::object cache, int64_t batch,
                    int64_t time, int64_t heads, int64_t head_dim, int64_t in_dim, int32_t cell) {
-  const rnn::Shape s = shape_of(batch, time, heads, head_dim, cell);
-  const Checker c{R, elem_of(R, "R"), bindings::device_of(R, "R")};
-  using bindings::checked_mul;
-  if (in_dim <= 0) throw nb::value_error("in_dim must be > 0");
-  const int64_t N = checked_mul(heads, head_dim, "R");
-  const int64_t BN = checked_mul(batch, N, "states");
-  const int64_t G = rnn::gates(s.cell), GB = rnn::bias_rows(s.cell), S = rnn::state_count(s.cell);
-  c.same(R, "R", checked_mul(checked_mul(G, N, "R"), head_dim, "R"));
-  c.same(b, "b", checked_mul(GB, N, "b"));
-  c.same(x, "x", checked_mul(checked_mul(batch, time, "x"), in_dim, "x"));
-  c.same(Wih, "Wih", checked_mul(checked_mul(G, N, "Wih"), in_dim, "Wih"));
-  c.same(h_all, "h_all", checked_mul(BN, time, "h_all"));
-  c.same(last, "last", checked_mul(S, BN, "last"));
-  const void* st0 = c.optional(states0, "states", S * BN);
-  const int64_t* len = c.lengths(lengths, batch);
-  void* hi = const_cast<void*>(c.optional(hist, "hist", checked_mul(S * BN, time + 1, "hist"), true));
-  void* ca = const_cast<void*>(c.optional(cache, "cache", checked_mul(BN * GB, time, "cache"), true));
+  const Call k(R, batch, time, heads, head_dim, cell);
+  const ForwardArgs a(k, b, h_all, last, hist, cache);
+  k.c.same(x, "x", k.x_size(in_dim));
+  k.c.same(Wih, "Wih", k.wih_size(in_dim));
+  const void* st0 = k.states(states0, "states");
+  const int64_t* len = k.lengths(lengths);
   Status st;
   {
     nb::gil_scoped_release release;
-    if (c.el.is_double) {
-      st = rnn::forward_input(static_cast<const double*>(x.data()),
-                              static_cast<const double*>(Wih.data()), in_dim,
-                              static_cast<const double*>(R.data()),
-                              static_cast<const double*>(b.data()),
-                              static_cast<const double*>(st0), len,
-                              static_cast<double*>(h_all.data()), static_cast<double*>(last.data()),
-                              static_cast<double*>(hi), static_cast<double*>(ca), s, c.dev,
-                              nullptr);
+    if (k.c.el.is_double) {
+      st = rnn::forward_input(cptr<double>(x.data()), cptr<double>(Wih.data()), in_dim,
+                              cptr<double>(R.data()), cptr<double>(b.data()), cptr<double>(st0),
+                              len, mptr<double>(h_all.data()), mptr<double>(last.data()),
+                              mptr<double>(a.hist), mptr<double>(a.cache), k.s, k.c.dev, nullptr);
     } else {
       st = rnn::forward_input(x.data(), Wih.data(), in_dim, R.data(), b.data(), st0, len,
-                              h_all.data(), last.data(), static_cast<float*>(hi),
-                              static_cast<float*>(ca), c.el.dtype, s, c.dev, nullptr);
+                              h_all.data(), last.data(), mptr<float>(a.hist),
+                              mptr<float>(a.cache), k.c.el.dtype, k.s, k.c.dev, nullptr);
     }
   }
   bindings::raise_if_failed(st);
@@ -145,38 +197,57 @@ void backward(nb::object dh_all, nb::object dlast, Array R, Array hist, Array ca
               nb::object lengths, Array dWx, Array dR, Array db, nb::object dstates0, Array work,
               int64_t batch, int64_t time, int64_t heads, int64_t head_dim, int32_t cell,
               uintptr_t stream) {
-  const rnn::Shape s = shape_of(batch, time, heads, head_dim, cell);
-  const Checker c{R, elem_of(R, "R"), bindings::device_of(R, "R")};
-  using bindings::checked_mul;
-  const int64_t N = checked_mul(heads, head_dim, "R");
-  const int64_t BN = checked_mul(batch, N, "states");
-  const int64_t G = rnn::gates(s.cell), GB = rnn::bias_rows(s.cell), S = rnn::state_count(s.cell);
-  c.same(R, "R", checked_mul(checked_mul(G, N, "R"), head_dim, "R"));
-  c.same(dR, "dR", G * N * head_dim);
-  c.same(db, "db", checked_mul(GB, N, "db"));
-  c.same(dWx, "dWx", checked_mul(checked_mul(BN, time, "dWx"), G, "dWx"));
-  c.same(hist, "hist", checked_mul(S * BN, time + 1, "hist"), true);
-  c.same(cache, "cache", checked_mul(BN * GB, time, "cache"), true);
-  c.same(work, "work", rnn::backward_workspace(s), true);
-  const void* dh = c.optional(dh_all, "dh_all", checked_mul(BN, time, "dh_all"));
-  const void* dl = c.optional(dlast, "dlast", S * BN);
-  void* ds0 = const_cast<void*>(c.optional(dstates0, "dstates", S * BN));
-  const int64_t* len = c.lengths(lengths, batch);
+  const Call k(R, batch, time, heads, head_dim, cell);
+  const BackwardArgs a(k, dh_all, dlast, hist, cache, dR, db, dstates0, work);
+  k.c.same(dWx, "dWx", bindings::checked_mul(k.per_step(k.BN, "dWx"), k.G, "dWx"));
+  const int64_t* len = k.lengths(lengths);
   Status st;
   {
     nb::gil_scoped_release release;
     void* sp = reinterpret_cast<void*>(stream);
-    if (c.el.is_double) {
-      st = rnn::backward(static_cast<const double*>(dh), static_cast<const double*>(dl),
-                         static_cast<const double*>(R.data()), static_cast<const double*>(hist.data()),
-                         static_cast<const double*>(cache.data()), len,
-                         static_cast<double*>(dWx.data()), static_cast<double*>(dR.data()),
-                         static_cast<double*>(db.data()), static_cast<double*>(ds0),
-                         static_cast<double*>(work.data()), s, c.dev, sp);
+    if (k.c.el.is_double) {
+      st = rnn::backward(cptr<double>(a.dh), cptr<double>(a.dl), cptr<double>(R.data()),
+                         cptr<double>(hist.data()), cptr<double>(cache.data()), len,
+                         mptr<double>(dWx.data()), mptr<double>(dR.data()), mptr<double>(db.data()),
+                         mptr<double>(a.ds0), mptr<double>(work.data()), k.s, k.c.dev, sp);
     } else {
-      st = rnn::backward(dh, dl, R.data(), static_cast<const float*>(hist.data()),
-                         static_cast<const float*>(cache.data()), len, dWx.data(), dR.data(),
-                         db.data(), ds0, static_cast<float*>(work.data()), c.el.dtype, s, c.dev, sp);
+      st = rnn::backward(a.dh, a.dl, R.data(), cptr<float>(hist.data()), cptr<float>(cache.data()),
+                         len, dWx.data(), dR.data(), db.data(), a.ds0, mptr<float>(work.data()),
+                         k.c.el.dtype, k.s, k.c.dev, sp);
+    }
+  }
+  bindings::raise_if_failed(st);
+}
+
+// The backward of forward_input (CPU; float32 / float64): dx and dWih instead of dWx.
+void backward_input(nb::object dh_all, nb::object dlast, Array x, Array Wih, Array R, Array hist,
+                    Array cache, nb::object lengths, nb::object dx, Array dWih, Array dR, Array db,
+                    nb::object dstates0, Array work, int64_t batch, int64_t time, int64_t heads,
+                    int64_t head_dim, int64_t in_dim, int32_t cell) {
+  const Call k(R, batch, time, heads, head_dim, cell);
+  const BackwardArgs a(k, dh_all, dlast, hist, cache, dR, db, dstates0, work);
+  const int64_t nx = k.x_size(in_dim), nw = k.wih_size(in_dim);
+  k.c.same(x, "x", nx);
+  void* dxp = const_cast<void*>(k.c.optional(dx, "dx", nx));
+  k.c.same(Wih, "Wih", nw);
+  k.c.same(dWih, "dWih", nw);
+  const int64_t* len = k.lengths(lengths);
+  Status st;
+  {
+    nb::gil_scoped_release release;
+    if (k.c.el.is_double) {
+      st = rnn::backward_input(cptr<double>(a.dh), cptr<double>(a.dl), cptr<double>(x.data()),
+                               cptr<double>(Wih.data()), in_dim, cptr<double>(R.data()),
+                               cptr<double>(hist.data()), cptr<double>(cache.data()), len,
+                               mptr<double>(dxp), mptr<double>(dWih.data()),
+                               mptr<double>(dR.data()), mptr<double>(db.data()),
+                               mptr<double>(a.ds0), mptr<double>(work.data()), k.s, k.c.dev,
+                               nullptr);
+    } else {
+      st = rnn::backward_input(a.dh, a.dl, x.data(), Wih.data(), in_dim, R.data(),
+                               cptr<float>(hist.data()), cptr<float>(cache.data()), len, dxp,
+                               dWih.data(), dR.data(), db.data(), a.ds0, mptr<float>(work.data()),
+                               k.c.el.dtype, k.s, k.c.dev, nullptr);
     }
   }
   bindings::raise_if_failed(st);
@@ -205,57 +276,6 @@ void set_cuda_path(const std::string& name) {
   if (rnn::set_cuda_path(name.c_str()) != Status::ok) {
     throw nb::value_error("path must be 'auto', 'persistent', 'cluster', 'cooperative' or 'step'");
   }
-}
-
-// The backward of forward_input (CPU; float32 / float64): dx and dWih instead of dWx.
-void backward_input(nb::object dh_all, nb::object dlast, Array x, Array Wih, Array R, Array hist,
-                    Array cache, nb::object lengths, nb::object dx, Array dWih, Array dR, Array db,
-                    nb::object dstates0, Array work, int64_t batch, int64_t time, int64_t heads,
-                    int64_t head_dim, int64_t in_dim, int32_t cell) {
-  const rnn::Shape s = shape_of(batch, time, heads, head_dim, cell);
-  const Checker c{R, elem_of(R, "R"), bindings::device_of(R, "R")};
-  using bindings::checked_mul;
-  if (in_dim <= 0) throw nb::value_error("in_dim must be > 0");
-  const int64_t N = checked_mul(heads, head_dim, "R");
-  const int64_t BN = checked_mul(batch, N, "states");
-  const int64_t G = rnn::gates(s.cell), GB = rnn::bias_rows(s.cell), S = rnn::state_count(s.cell);
-  c.same(R, "R", checked_mul(checked_mul(G, N, "R"), head_dim, "R"));
-  c.same(dR, "dR", G * N * head_dim);
-  c.same(db, "db", checked_mul(GB, N, "db"));
-  const int64_t nx = checked_mul(checked_mul(batch, time, "x"), in_dim, "x");
-  const int64_t nw = checked_mul(checked_mul(G, N, "Wih"), in_dim, "Wih");
-  c.same(x, "x", nx);
-  void* dxp = const_cast<void*>(c.optional(dx, "dx", nx));
-  c.same(Wih, "Wih", nw);
-  c.same(dWih, "dWih", nw);
-  c.same(hist, "hist", checked_mul(S * BN, time + 1, "hist"), true);
-  c.same(cache, "cache", checked_mul(BN * GB, time, "cache"), true);
-  c.same(work, "work", rnn::backward_workspace(s), true);
-  const void* dh = c.optional(dh_all, "dh_all", checked_mul(BN, time, "dh_all"));
-  const void* dl = c.optional(dlast, "dlast", S * BN);
-  void* ds0 = const_cast<void*>(c.optional(dstates0, "dstates", S * BN));
-  const int64_t* len = c.lengths(lengths, batch);
-  Status st;
-  {
-    nb::gil_scoped_release release;
-    if (c.el.is_double) {
-      st = rnn::backward_input(
-          static_cast<const double*>(dh), static_cast<const double*>(dl),
-          static_cast<const double*>(x.data()), static_cast<const double*>(Wih.data()), in_dim,
-          static_cast<const double*>(R.data()), static_cast<const double*>(hist.data()),
-          static_cast<const double*>(cache.data()), len, static_cast<double*>(dxp),
-          static_cast<double*>(dWih.data()), static_cast<double*>(dR.data()),
-          static_cast<double*>(db.data()), static_cast<double*>(ds0),
-          static_cast<double*>(work.data()), s, c.dev, nullptr);
-    } else {
-      st = rnn::backward_input(dh, dl, x.data(), Wih.data(), in_dim, R.data(),
-                               static_cast<const float*>(hist.data()),
-                               static_cast<const float*>(cache.data()), len, dxp,
-                               dWih.data(), dR.data(), db.data(), ds0,
-                               static_cast<float*>(work.data()), c.el.dtype, s, c.dev, nullptr);
-    }
-  }
-  bindings::raise_if_failed(st);
 }
 
 }  // namespace
