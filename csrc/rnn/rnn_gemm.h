@@ -108,29 +108,22 @@ FP_RNN_AVX2 inline void micro_avx2(const Seg<float>& s, const float* Bp, float* 
   __m256 c0[MR], c1[MR];
 #pragma GCC unroll 6
   for (int i = 0; i < MR; ++i) c0[i] = c1[i] = _mm256_setzero_ps();
-  const float* A = s.A;
-  const int64_t lda = s.lda, K = s.K;
-  for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(Bp + k * kNR), b1 = _mm256_loadu_ps(Bp + k * kNR + 8);
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      const __m256 a = _mm256_broadcast_ss(A + i * lda + k);
-      c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
-      c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
-    }
-  }
   // the second segment (if any) continues the same sums: rows K .. K + K2 of the panel
-  const float* A2 = s.A2;
-  const float* Bp2 = Bp + K * kNR;
-  const int64_t lda2 = s.lda2, K2 = s.K2;
-  for (int64_t k = 0; k < K2; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(Bp2 + k * kNR), b1 = _mm256_loadu_ps(Bp2 + k * kNR + 8);
+  const float* const As[2] = {s.A, s.A2};
+  const int64_t ldas[2] = {s.lda, s.lda2}, Ks[2] = {s.K, s.K2};
+  for (int seg = 0; seg < 2; ++seg) {
+    const float* A = As[seg];
+    const int64_t lda = ldas[seg], K = Ks[seg];
+    for (int64_t k = 0; k < K; ++k) {
+      const __m256 b0 = _mm256_loadu_ps(Bp + k * kNR), b1 = _mm256_loadu_ps(Bp + k * kNR + 8);
 #pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      const __m256 a = _mm256_broadcast_ss(A2 + i * lda2 + k);
-      c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
-      c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+      for (int i = 0; i < MR; ++i) {
+        const __m256 a = _mm256_broadcast_ss(A + i * lda + k);
+        c0[i] = _mm256_fmadd_ps(a, b0, c0[i]);
+        c1[i] = _mm256_fmadd_ps(a, b1, c1[i]);
+      }
     }
+    Bp += K * kNR;
   }
   if (ncols == kNR) {
 #pragma GCC unroll 6

@@ -125,22 +125,13 @@ struct Lstm {
     for (int g = 0; g < 4; ++g) pre[g] = wx[g] + rec[g] + b[g];
   }
   FP_HD static void forward(const T* pre, const T* prev, T* next) {
-    const T i = sigmoid(pre[0]), f = sigmoid(pre[1]), g = ftanh(pre[2]), o = sigmoid(pre[3]);
-    const T c = f * prev[1] + i * g;
-    next[0] = o * ftanh(c);
-    next[1] = c;
+    T act[4];
+    forward_gates(pre, prev, next, act);
   }
   FP_HD static void backward(const T* pre, const T* prev, const T* dnext, T* dprev, T* dpre) {
-    const T i = sigmoid(pre[0]), f = sigmoid(pre[1]), g = ftanh(pre[2]), o = sigmoid(pre[3]);
-    const T c = f * prev[1] + i * g;
-    const T tc = ftanh(c);
-    const T dc = dnext[1] + dnext[0] * o * (T(1) - tc * tc);
-    dpre[0] = dc * g * i * (T(1) - i);
-    dpre[1] = dc * prev[1] * f * (T(1) - f);
-    dpre[2] = dc * i * (T(1) - g * g);
-    dpre[3] = dnext[0] * tc * o * (T(1) - o);
-    dprev[0] = T(0);
-    dprev[1] = dc * f;
+    T act[4], next[2];
+    forward_gates(pre, prev, next, act);
+    backward_gates(act, prev, next, dnext, dprev, dpre);
   }
   // The CPU kernels cache the activated gates act = (s(i), s(f), tanh(g), s(o)) instead of pre
   // (forward_gates): their backward (backward_gates) then needs only tanh(c_t), with c_t = next[1]
