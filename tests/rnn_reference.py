@@ -81,3 +81,16 @@ def random_inputs(cell, B, T, NH, DH, dtype=torch.float64, device="cpu", states=
             st[2] = 1 + torch.rand(B, NH, DH, generator=g, dtype=torch.float64)
     conv = lambda t: None if t is None else t.to(device=device, dtype=dtype)
     return conv(Wx), conv(R), conv(b), conv(st)
+
+
+def at_thread_counts(run, counts=(1, 2)):
+    """``[run() at torch.set_num_threads(c) for c in counts]``, restoring the thread count."""
+    threads = torch.get_num_threads()
+    try:
+        out = []
+        for c in counts:
+            torch.set_num_threads(c)
+            out.append(run())
+        return out
+    finally:
+        torch.set_num_threads(threads)

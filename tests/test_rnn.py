@@ -12,7 +12,7 @@ import torch
 
 from fastpaper import rnn
 from fastpaper import nn as fnn
-from rnn_reference import DIMS, flashrnn_reference, random_inputs
+from rnn_reference import DIMS, at_thread_counts, flashrnn_reference, random_inputs
 
 CELLS = ["lstm", "gru", "elman", "slstm"]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
@@ -138,14 +138,7 @@ def test_thread_count_invariant(cell):
         (h.sum() + (last * 0.5).sum()).backward()
         return [h.detach(), last.detach()] + [i.grad for i in ins]
 
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run()
-        torch.set_num_threads(2)
-        two = run()
-    finally:
-        torch.set_num_threads(threads)
+    one, two = at_thread_counts(run)
     for x, y in zip(one, two):
         assert torch.equal(x, y)
     want_h, _ = flashrnn_reference(*(t.double() for t in (Wx, R, b, st)), cell=cell,

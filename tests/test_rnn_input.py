@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastpaper import rnn
-from rnn_reference import DIMS, flashrnn_reference, random_inputs
+from rnn_reference import DIMS, at_thread_counts, flashrnn_reference, random_inputs
 
 ATOL = {torch.float64: 1e-12, torch.float32: 3e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 # B, T, NH, DH, I: partial unit blocks (DH = 24), several heads, odd input sizes, B > 6 (several
@@ -108,14 +108,7 @@ def test_thread_count_invariant(cell):
         (h.sum() + (last * 0.5).sum()).backward()
         return [h.detach(), last.detach()] + [t.grad for t in ts]
 
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = run()
-        torch.set_num_threads(2)
-        two = run()
-    finally:
-        torch.set_num_threads(threads)
+    one, two = at_thread_counts(run)
     for a, c in zip(one, two):
         assert torch.equal(a, c)
 
